@@ -1,0 +1,490 @@
+"""prepare.py: the fixed ground truth of autolab. No experiment may change this file.
+
+It holds the constants every run shares, builds the two embedded corpora (English prose and Python
+code, both taken from the Python standard library that every install has), trains the BPE tokenizer
+(rustbpe to train, tiktoken to use, saved as text), and owns the validation data and `evaluate_bpb`.
+
+    python prepare.py                                   # embedded corpora + tokenizer (about 30 s)
+    python prepare.py --dataset karpathy/climbmix-400b-shuffle --name web --max-docs 200000
+    python prepare.py --dataset ./my_docs.jsonl --name mydocs   # local JSONL / Parquet works the same
+
+Everything lands in the cache folder ($AUTOLAB_CACHE, default ~/.cache/autolab):
+    data/<domain>/{train,val}-NNNNN.parquet   one `id` and one `text` column, one row per document
+    data/<domain>/manifest.json               document and byte counts, content hash of each split
+    tokenizer/tiktoken.bpe                    tiktoken's ranks format: base64(token bytes) rank
+    tokenizer/tiktoken.json                   split pattern and special tokens
+
+This file imports nothing from autolab; autolab imports from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import sys
+import sysconfig
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+# ---------------------------------------------------------------------------------------------
+# Constants: the fixed setting every experiment is compared under.
+MAX_SEQ_LEN = 2048  # context length of the default model and of evaluation
+TIME_BUDGET = 300  # seconds of training per run (compilation and warm-up steps excluded)
+VOCAB_SIZE = 8192  # tokenizer vocabulary, special tokens included
+EVAL_BYTES = 500_000  # validation text scored per domain: whole documents, up to this many bytes
+VAL_PER_MILLE = 100  # a document is in validation when its id hashes below this (10%)
+DOMAINS = ("prose", "code")  # the embedded corpora: base domain, new domain
+SPECIAL_TOKENS = (  # the first one starts every document; the rest are the chat template's
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+)
+SHARD_BYTES = 64 * 2**20  # text per Parquet shard
+TOKENIZER_TRAIN_BYTES = 32 * 2**20  # text per domain fed to the tokenizer trainer, at most
+
+
+class PrepareError(Exception):
+    """A problem the user can fix; the message is one line that says how."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUTOLAB_CACHE", Path.home() / ".cache" / "autolab")).expanduser()
+
+
+def data_dir(domain: str) -> Path:
+    return cache_dir() / "data" / domain
+
+
+def tokenizer_dir() -> Path:
+    return cache_dir() / "tokenizer"
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded corpora: real human-written text that exists wherever Python is installed.
+
+
+def _stdlib_sources() -> list[Path]:
+    """The standard library's own modules, sorted, without tests, IDLE or installed packages."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3"}
+    return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
+
+
+def _docstring_spans(tree: ast.AST) -> Iterator[tuple[ast.Expr, list[ast.stmt]]]:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        first = body[0] if body else None
+        if (
+            isinstance(first, ast.Expr)
+            and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str)
+        ):
+            yield first, body
+
+
+def _split_module(source: str) -> tuple[str, str]:
+    """(prose, code): the module's docstrings joined as prose, and its source without them."""
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    prose, drop, stubs = [], set(), {}
+    for expr, body in _docstring_spans(tree):
+        text = ast.get_docstring(ast.Module(body=[expr], type_ignores=[]), clean=True) or ""
+        if len(text.split()) >= 8:  # one-line "Return x." docstrings are not prose
+            prose.append(text.strip())
+        drop.update(range(expr.lineno - 1, expr.end_lineno))
+        if len(body) == 1:  # keep the block valid: a lone docstring becomes `...`
+            stubs[expr.lineno - 1] = " " * expr.col_offset + "...\n"
+    code = "".join(stubs.get(i, line) for i, line in enumerate(lines) if i not in drop or i in stubs)
+    return "\n\n".join(prose), code
+
+
+def _topic_documents() -> Iterator[tuple[str, str]]:
+    """The language reference's topics (what `help('if')` shows), one document per section."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        sections = re.split(r"\n(?=[^\n]+\n\*{3,}\n)", topics[name])  # reST section titles
+        for i, text in enumerate(sections):
+            if len(text.strip()) > 200:
+                yield f"topic/{name}/{i}", text.strip() + "\n"
+
+
+def embedded_documents(domain: str) -> Iterator[tuple[str, str]]:
+    """Documents of an embedded domain as (id, text), in a fixed order."""
+    if domain not in DOMAINS:
+        raise PrepareError(f"unknown embedded domain {domain!r}: choose one of {DOMAINS}")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    if domain == "prose":
+        yield from _topic_documents()
+    for path in _stdlib_sources():
+        try:
+            source = path.read_text(encoding="utf-8")
+            prose, code = _split_module(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        text = prose if domain == "prose" else code
+        if len(text) > 200:
+            yield str(path.relative_to(root)), text.rstrip() + "\n"
+
+
+def hub_documents(
+    dataset: str, *, split: str = "train", text_column: str = "text", max_docs: int | None = None
+) -> Iterator[tuple[str, str]]:
+    """Documents from a Hugging Face dataset id (streamed) or local .jsonl/.json/.parquet files."""
+    import datasets
+
+    local = Path(dataset).expanduser()
+    if local.exists():
+        files = sorted(local.rglob("*")) if local.is_dir() else [local]
+        files = [f for f in files if f.suffix in (".jsonl", ".json", ".parquet")]
+        if not files:
+            raise PrepareError(f"{local} holds no .jsonl, .json or .parquet files")
+        builder = "parquet" if files[0].suffix == ".parquet" else "json"
+        ds = datasets.load_dataset(
+            builder, data_files=[str(f) for f in files], split="train", streaming=True
+        )
+    else:
+        ds = datasets.load_dataset(dataset, split=split, streaming=True)
+    for i, row in enumerate(ds):
+        if max_docs is not None and i >= max_docs:
+            break
+        if text_column not in row:
+            raise PrepareError(
+                f"{dataset} has no column {text_column!r} (it has {sorted(row)}): pass --text-column"
+            )
+        text = row[text_column]
+        if isinstance(text, str) and text.strip():
+            yield f"{dataset}/{i}", text
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards: Parquet with a `text` column, split into train/val by a hash of the document id.
+
+
+def split_of(doc_id: str) -> str:
+    h = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:4], "little")
+    return "val" if h % 1000 < VAL_PER_MILLE else "train"
+
+
+def write_domain(domain: str, documents: Iterable[tuple[str, str]]) -> dict:
+    """Write a domain's shards atomically (a temporary folder, then a rename) and its manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    final = data_dir(domain)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    tmp.mkdir(parents=True)
+    manifest = {"domain": domain, "splits": {}}
+    buffers = {"train": ([], []), "val": ([], [])}
+    counts = {s: {"documents": 0, "bytes": 0, "shards": 0, "sha256": hashlib.sha256()} for s in buffers}
+
+    def flush(split: str) -> None:
+        ids, texts = buffers[split]
+        if not ids:
+            return
+        c = counts[split]
+        table = pa.table({"id": ids, "text": texts})
+        pq.write_table(table, tmp / f"{split}-{c['shards']:05d}.parquet")
+        c["shards"] += 1
+        ids.clear()
+        texts.clear()
+
+    pending = {"train": 0, "val": 0}
+    for doc_id, text in documents:
+        split = split_of(doc_id)
+        data = text.encode("utf-8")
+        c = counts[split]
+        c["documents"] += 1
+        c["bytes"] += len(data)
+        c["sha256"].update(hashlib.sha256(data).digest())
+        buffers[split][0].append(doc_id)
+        buffers[split][1].append(text)
+        pending[split] += len(data)
+        if pending[split] >= SHARD_BYTES:
+            flush(split)
+            pending[split] = 0
+    for split in buffers:
+        flush(split)
+        c = counts[split]
+        if c["documents"] == 0:
+            raise PrepareError(f"domain {domain!r} got no {split} documents: give it more text")
+        manifest["splits"][split] = {**c, "sha256": c["sha256"].hexdigest()}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if final.exists():
+        _rmtree(final)
+    tmp.rename(final)
+    return manifest
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def load_documents(domain: str, split: str) -> list[str]:
+    """All documents of one split, in their pinned order. Clear errors for missing or bad shards."""
+    import pyarrow.parquet as pq
+
+    folder = data_dir(domain)
+    shards = sorted(folder.glob(f"{split}-*.parquet"))
+    if not shards:
+        raise PrepareError(
+            f"no prepared {split} data for domain {domain!r} in {folder}: run `python prepare.py`"
+        )
+    texts: list[str] = []
+    for shard in shards:
+        try:
+            column = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise PrepareError(
+                f"shard {shard} is corrupt ({type(e).__name__}): delete it and run `python prepare.py`"
+            ) from None
+        if not column:
+            raise PrepareError(f"shard {shard} is empty: delete it and run `python prepare.py`")
+        texts.extend(column)
+    return texts
+
+
+def val_documents(domain: str, max_bytes: int = EVAL_BYTES) -> list[str]:
+    """The fixed evaluation text: whole validation documents in pinned order, up to max_bytes."""
+    docs, total = [], 0
+    for text in load_documents(domain, "val"):
+        if docs and total + len(text.encode("utf-8")) > max_bytes:
+            break
+        docs.append(text)
+        total += len(text.encode("utf-8"))
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer: BPE trained by rustbpe, used through tiktoken, stored as text (never a pickle).
+
+
+class Tokenizer:
+    """A tiktoken Encoding with our special tokens; documents start with `<|bos|>`."""
+
+    def __init__(self, mergeable_ranks: dict[bytes, int], pattern: str, special: dict[str, int]):
+        import tiktoken
+
+        self.pattern = pattern
+        self.special = dict(special)
+        self.enc = tiktoken.Encoding(
+            name="autolab", pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=special
+        )
+        self.bos_id = special[SPECIAL_TOKENS[0]]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        """Text to ids; text that looks like a special token is encoded as ordinary text."""
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.enc.decode(list(ids))
+
+    def token_bytes(self) -> list[bytes]:
+        """The bytes of every id; special tokens have none (they are not text)."""
+        special_ids = set(self.special.values())
+        return [
+            b"" if i in special_ids else self.enc.decode_single_token_bytes(i)
+            for i in range(self.vocab_size)
+        ]
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        ranks = sorted(self.enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+        lines = "".join(f"{base64.b64encode(tok).decode()} {rank}\n" for tok, rank in ranks)
+        _atomic_write(folder / "tiktoken.bpe", lines)
+        meta = {"pattern": self.pattern, "special_tokens": self.special}
+        _atomic_write(folder / "tiktoken.json", json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path | str | None = None) -> "Tokenizer":
+        import tiktoken.load
+
+        folder = Path(folder) if folder is not None else tokenizer_dir()
+        bpe, meta = folder / "tiktoken.bpe", folder / "tiktoken.json"
+        if not bpe.exists() or not meta.exists():
+            raise PrepareError(f"no tokenizer in {folder}: run `python prepare.py`")
+        info = json.loads(meta.read_text())
+        return cls(tiktoken.load.load_tiktoken_bpe(str(bpe)), info["pattern"], info["special_tokens"])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def train_tokenizer(domains: Iterable[str], vocab_size: int = VOCAB_SIZE) -> Tokenizer:
+    """Train byte-level BPE with rustbpe on the train splits (pattern: rustbpe's GPT-4 default)."""
+    import rustbpe
+
+    def texts() -> Iterator[str]:
+        for domain in domains:
+            used = 0
+            for text in load_documents(domain, "train"):
+                if used >= TOKENIZER_TRAIN_BYTES:
+                    break
+                used += len(text)
+                yield text
+
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(texts(), vocab_size - len(SPECIAL_TOKENS))
+    ranks = {bytes(tok): rank for tok, rank in bpe.get_mergeable_ranks()}
+    special = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
+    return Tokenizer(ranks, bpe.get_pattern(), special)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: bits per byte, comparable across tokenizers and models.
+
+
+def _encoder(tokenizer) -> tuple:
+    """(encode_batch, bos_id) for our Tokenizer or any Hugging Face tokenizer."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer.encode_batch, tokenizer.bos_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise PrepareError("the tokenizer has neither a BOS nor an EOS token to start documents with")
+    return (lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]), bos
+
+
+def document_stream(tokenizer, texts: list[str]) -> list[int]:
+    """Documents as one token stream: [bos] + tokens of each document, in order."""
+    encode_batch, bos = _encoder(tokenizer)
+    stream: list[int] = []
+    for ids in encode_batch(texts):
+        stream.append(bos)
+        stream.extend(ids)
+    return stream
+
+
+def evaluate_bpb(
+    model,
+    tokenizer,
+    texts: list[str] | str = "prose",
+    *,
+    seq_len: int = MAX_SEQ_LEN,
+    batch_size: int = 8,
+    device=None,
+) -> float:
+    """Bits per byte of `model` on `texts` (or on a domain's fixed validation text, by name).
+
+    bpb = sum of next-token NLL in nats / (ln 2 * UTF-8 bytes of the texts). The stream is cut into
+    rows of seq_len + 1 tokens that overlap by one, so every token but the first is predicted once;
+    predictions of `<|bos|>` are not scored (they are not text), so the tokens scored are exactly the
+    texts' tokens and the byte count is exactly their bytes, whatever the tokenizer.
+    The model is anything that maps ids [B, T] to an object with `.logits` [B, T, V].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if isinstance(texts, str):
+        texts = val_documents(texts)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    if n_bytes == 0:
+        raise PrepareError("nothing to evaluate: the texts are empty")
+    _, bos = _encoder(tokenizer)
+    stream = torch.tensor(document_stream(tokenizer, texts), dtype=torch.long)
+    n_rows = math.ceil((len(stream) - 1) / seq_len)
+    rows = torch.full((n_rows, seq_len + 1), -1, dtype=torch.long)
+    for r in range(n_rows):
+        chunk = stream[r * seq_len : r * seq_len + seq_len + 1]
+        rows[r, : len(chunk)] = chunk
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        for start in range(0, n_rows, batch_size):
+            batch = rows[start : start + batch_size].to(device)
+            x, y = batch[:, :-1].clamp(min=0), batch[:, 1:]
+            y = y.masked_fill(y == bos, -1)
+            logits = model(input_ids=x).logits.float()
+            nll += F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum"
+            ).double()
+    model.train(was_training)
+    return nll.item() / (math.log(2) * n_bytes)
+
+
+def unigram_bpb(tokenizer: Tokenizer, domain: str) -> float:
+    """A reference point: bpb of a unigram model (add-one smoothed) fit on the domain's train split."""
+    counts = [1] * tokenizer.vocab_size
+    for ids in tokenizer.encode_batch(load_documents(domain, "train")):
+        for i in ids:
+            counts[i] += 1
+    total = sum(counts)
+    texts = val_documents(domain)
+    nll = sum(-math.log(counts[i] / total) for ids in tokenizer.encode_batch(texts) for i in ids)
+    return nll / (math.log(2) * sum(len(t.encode("utf-8")) for t in texts))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", help="a Hugging Face dataset id, or local .jsonl/.parquet file(s)")
+    p.add_argument("--name", help="domain name for --dataset (default: derived from it)")
+    p.add_argument("--split", default="train", help="dataset split to stream (default: train)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--max-docs", type=int, default=None, help="stop after this many documents")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    try:
+        domains = list(DOMAINS)
+        for domain in DOMAINS:
+            m = write_domain(domain, embedded_documents(domain))
+            _report(domain, m)
+        if args.dataset:
+            name = args.name or re.sub(r"[^a-z0-9]+", "_", Path(args.dataset).stem.lower()).strip("_")
+            docs = hub_documents(
+                args.dataset, split=args.split, text_column=args.text_column, max_docs=args.max_docs
+            )
+            _report(name, write_domain(name, docs))
+            domains.append(name)
+        tok = train_tokenizer(domains)
+        tok.save(tokenizer_dir())
+        print(f"tokenizer: {tok.vocab_size} tokens -> {tokenizer_dir()}")
+        for domain in domains:
+            print(f"unigram_bpb[{domain}]: {unigram_bpb(tok, domain):.4f}")
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"prepared in {time.time() - t0:.1f}s -> {cache_dir()}")
+    return 0
+
+
+def _report(domain: str, manifest: dict) -> None:
+    for split, m in manifest["splits"].items():
+        print(
+            f"{domain}/{split}: {m['documents']} documents, {m['bytes'] / 1e6:.2f} MB, "
+            f"sha256 {m['sha256'][:16]}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

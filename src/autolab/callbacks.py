@@ -1,0 +1,145 @@
+"""Lightning callbacks: the time budget, the divergence guard, throughput and MFU, progress lines.
+
+Nothing here syncs with the GPU per step: the loss is summed on the device and read back once
+every `log_every` steps, which is also when divergence is checked and metrics are logged.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import lightning as L
+import torch
+
+from autolab.errors import DivergenceError
+
+
+class Budget:
+    """Training time and steps spent so far. Progress is the fraction of max_steps when given,
+    else of the time budget. The first `untimed_steps` (compilation, warm-up) are not counted."""
+
+    def __init__(self, seconds: float, max_steps: int | None = None, untimed_steps: int = 0):
+        self.seconds, self.max_steps, self.untimed_steps = seconds, max_steps, untimed_steps
+        self.steps = 0
+        self.training_seconds = 0.0
+
+    def progress(self) -> float:
+        if self.max_steps:
+            return min(self.steps / self.max_steps, 1.0)
+        return min(self.training_seconds / self.seconds, 1.0)
+
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "training_seconds": self.training_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.training_seconds = state["steps"], state["training_seconds"]
+
+
+class TimeBudget(L.Callback):
+    """Counts steps and training time (wall time between step ends) and stops at the budget."""
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+        self._last = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.budget.steps += 1
+        if self.budget.steps > self.budget.untimed_steps:
+            self.budget.training_seconds += now - self._last
+        self._last = now
+        if self.budget.done():
+            trainer.should_stop = True
+
+
+PEAK_BF16_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12, "L40S": 362e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU, from its name; None where unknown (the CPU): MFU is then n/a."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+class Monitor(L.Callback):
+    """Every `every` steps: reads the mean loss (one host sync), stops on NaN or explosion,
+    logs loss, learning rate, tokens/s and MFU to the loggers, and prints one progress line."""
+
+    def __init__(
+        self,
+        budget: Budget,
+        every: int,
+        tokens_per_step: int,
+        flops_per_token: float,
+        peak: float | None,
+        max_loss_ratio: float = 2.0,
+    ):
+        self.budget, self.every = budget, every
+        self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak
+        self.max_loss_ratio = max_loss_ratio
+        self.reference_loss: float | None = None
+        self.last: dict = {}
+        self._sum, self._n = None, 0
+        self._mark = (0, 0.0)  # (timed steps, training seconds) at the last log
+        self._tty = sys.stdout.isatty()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"]
+        self._sum = loss if self._sum is None else self._sum + loss
+        self._n += 1
+        if self.budget.steps % self.every and not trainer.should_stop:
+            return
+        mean = (self._sum / self._n).item()
+        self._sum, self._n = None, 0
+        if not math.isfinite(mean) or (
+            self.reference_loss is not None and mean > self.max_loss_ratio * self.reference_loss
+        ):
+            raise DivergenceError(
+                f"training loss {mean:.4g} at step {self.budget.steps} is not finite or exploded "
+                f"(first logged loss {self.reference_loss}): lower the learning rate"
+            )
+        if self.reference_loss is None:
+            self.reference_loss = mean
+        metrics = {"train/loss": mean, "train/lr": pl_module.current_lr, "progress": self.budget.progress()}
+        metrics.update(self._rates())
+        metrics.update(pl_module.extra_metrics(outputs))
+        self.last = metrics
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=self.budget.steps)
+        self._print(metrics, final=trainer.should_stop)
+
+    def _rates(self) -> dict:
+        timed = max(self.budget.steps - self.budget.untimed_steps, 0)
+        steps, seconds = timed - self._mark[0], self.budget.training_seconds - self._mark[1]
+        self._mark = (timed, self.budget.training_seconds)
+        if steps <= 0 or seconds <= 0:
+            return {}
+        tok_s = steps * self.tokens_per_step / seconds
+        out = {"perf/tokens_per_sec": tok_s}
+        if self.peak:
+            out["perf/mfu_percent"] = 100 * tok_s * self.flops_per_token / self.peak
+        return out
+
+    def _print(self, m: dict, final: bool) -> None:
+        b = self.budget
+        total = f"{b.max_steps} steps" if b.max_steps else f"{b.seconds:.0f}s"
+        mfu = f"mfu {m['perf/mfu_percent']:.1f}% | " if "perf/mfu_percent" in m else ""
+        line = (
+            f"step {b.steps:6d} | loss {m['train/loss']:.4f} | lr {m['train/lr']:.2e} | "
+            f"{m.get('perf/tokens_per_sec', 0):9,.0f} tok/s | {mfu}"
+            f"{b.training_seconds:6.1f}s of {total} ({b.progress():4.0%})"
+        )
+        if self._tty:  # one line that updates in place; a log file gets plain lines instead
+            print("\r" + line, end="\n" if final else "", flush=True)
+        else:
+            print(line, flush=True)

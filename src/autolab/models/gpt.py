@@ -1,0 +1,138 @@
+"""The autolab GPT: a small decoder-only transformer as a Hugging Face `PreTrainedModel`.
+
+RMSNorm (Zhang & Sennrich 2019) before each sublayer and on queries/keys (QK-norm, Dehghani et al.
+2023), rotary position embeddings (Su et al. 2021), causal attention through
+`scaled_dot_product_attention`, a ReLU² MLP (So et al. 2021, "Primer"), untied input and output
+embeddings. Because it is a `PreTrainedModel`, `save_pretrained`, `from_pretrained`,
+`AutoModelForCausalLM` (after `autolab.models` registers it) and `generate` all work.
+The model takes no padding mask: rows are packed documents, attention is causal only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from autolab.objectives import lm_loss
+
+
+class GPTConfig(PretrainedConfig):
+    model_type = "autolab_gpt"
+    attribute_map = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hidden_size": "n_embd"}
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        n_layer: int = 8,
+        n_head: int = 8,
+        n_embd: int = 512,
+        max_position_embeddings: int = 2048,
+        rope_theta: float = 10000.0,
+        **kwargs,
+    ):
+        if n_embd % n_head or (n_embd // n_head) % 2:
+            raise ValueError(f"n_embd={n_embd} must split into {n_head} heads of even size")
+        self.vocab_size = vocab_size
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_embd = n_embd
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        kwargs.setdefault("use_cache", False)  # no KV cache: generate recomputes the prefix
+        super().__init__(**kwargs)
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of each head by position-dependent angles; x [B, H, T, D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        d = cfg.n_embd
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.mlp_in = nn.Linear(d, 4 * d, bias=False)
+        self.mlp_out = nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(rms_norm(x)).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
+        q, k = rotary(rms_norm(q), cos, sin), rotary(rms_norm(k), cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp_out(F.relu(self.mlp_in(rms_norm(x))).square())
+
+
+class GPT(PreTrainedModel, GenerationMixin):
+    config_class = GPTConfig
+    base_model_prefix = "gpt"
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2 style: N(0, 0.02), residual output projections zero (each block starts as identity)
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=1.0)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, Block):
+            nn.init.zeros_(module.attn_out.weight)
+            nn.init.zeros_(module.mlp_out.weight)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def rotary_tables(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.config.n_embd // self.config.n_head
+        inv_freq = self.config.rope_theta ** (-torch.arange(0, d, 2, device=device).float() / d)
+        angles = torch.outer(torch.arange(T, device=device).float(), inv_freq)
+        return angles.cos(), angles.sin()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for every position; with `labels` (HF convention: labels = input_ids), the loss."""
+        T = input_ids.size(1)
+        if T > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {T} tokens > max_position_embeddings")
+        cos, sin = self.rotary_tables(T, input_ids.device)
+        x = self.wte(input_ids)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.lm_head(rms_norm(x))
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits[:, :-1], labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1))
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def num_flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token as AutoResearch/nanochat count them (Kaplan et al. 2020 + attention):
+        6 x (parameters - input embedding) + 12 x layers x width x sequence length."""
+        n = sum(p.numel() for p in self.parameters()) - self.wte.weight.numel()
+        return 6 * n + 12 * self.config.n_layer * self.config.n_embd * seq_len

@@ -1,0 +1,16 @@
+"""Next-token cross-entropy, the pretraining and continued-pretraining objective."""
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -1
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in nats over targets != IGNORE_INDEX; logits [B, T, V], targets [B, T].
+
+    The softmax runs in float32 whatever the logits' dtype (bf16 logits lose ~3 digits otherwise).
+    """
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )

@@ -1,0 +1,105 @@
+"""The end-of-run summary block and the results ledger (results.tsv).
+
+The summary is what agents grep: a line `---`, then one `key: value` line per metric.
+The ledger gets one tab-separated row per run, crashed runs included. Rows are appended under a
+file lock in a single write of one line, so concurrent runs (a sweep, sixteen agents) lose nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+from pathlib import Path
+
+from filelock import FileLock
+
+SUMMARY_KEYS = (  # printed in this order; more keys may follow
+    "val_bpb",
+    "training_seconds",
+    "total_seconds",
+    "peak_vram_mb",
+    "mfu_percent",
+    "total_tokens_M",
+    "num_steps",
+    "num_params_M",
+)
+LEDGER_COLUMNS = (
+    "time",
+    "commit",
+    "dirty",
+    "stage",
+    "experiment",
+    *SUMMARY_KEYS,
+    "status",
+    "description",
+    "output_dir",
+)
+
+
+def _fmt(value, key: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.6f}" if "bpb" in key else f"{value:.2f}"
+    return str(value)
+
+
+def format_summary(metrics: dict) -> str:
+    keys = [k for k in SUMMARY_KEYS if k in metrics] + [k for k in metrics if k not in SUMMARY_KEYS]
+    return "\n".join(["---", *(f"{k}: {_fmt(metrics[k], k)}" for k in keys)])
+
+
+def parse_summary(text: str) -> dict[str, str]:
+    """The key: value lines after the last `---` line of a log (what an agent's grep sees)."""
+    block = text.rsplit("\n---\n", 1)[-1] if "\n---\n" in text else text.split("---\n", 1)[-1]
+    return dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+
+
+def git_state(cwd: Path | None = None) -> tuple[str, str]:
+    """(short commit, "dirty"/"clean") of the working tree, or ("none", "") outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout
+        return commit, "dirty" if status.strip() else "clean"
+    except (OSError, subprocess.CalledProcessError):
+        return "none", ""
+
+
+def _cell(value, key: str) -> str:
+    return " ".join(_fmt(value, key).split())  # no tab or newline can break a row
+
+
+def append_row(path: Path | str, row: dict) -> None:
+    """Append one row under an exclusive lock; write the header if the file is new or empty.
+
+    The columns are the existing header's (an older ledger keeps its layout), else LEDGER_COLUMNS.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = {"time": dt.datetime.now().isoformat(timespec="seconds"), **row}
+    with FileLock(str(path) + ".lock"):
+        columns = list(LEDGER_COLUMNS)
+        header = ""
+        if path.exists() and path.stat().st_size > 0:
+            with path.open(encoding="utf-8") as f:
+                columns = f.readline().rstrip("\n").split("\t")
+        else:
+            header = "\t".join(columns) + "\n"
+        line = header + "\t".join(_cell(row.get(c, ""), c) for c in columns) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+
+def read_ledger(path: Path | str) -> list[dict[str, str]]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    columns = lines[0].split("\t")
+    return [dict(zip(columns, line.split("\t"))) for line in lines[1:]]

@@ -1,0 +1,23 @@
+"""Train one stage of autolab, configured by Hydra (conf/train.yaml). It wires; it holds no logic.
+
+    python train.py +experiment=quickstart          # the CPU-sized demo
+    python train.py                                 # the default: one GPU, the 5-minute budget
+    python train.py -m optim.weight_decay=0,0.1     # a local multirun
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from autolab.config import register_resolvers
+from autolab.run import main
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def train(cfg: DictConfig) -> None:
+    main(cfg)
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,46 @@
+"""Shared fixtures: a real prepared cache (prepare.py's own code) in a temporary folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    """Runs `prepare.main()` once per session into a temp cache and points AUTOLAB_CACHE at it."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("AUTOLAB_CACHE")
+    os.environ["AUTOLAB_CACHE"] = str(path)
+    assert prepare.main([]) == 0
+    yield path
+    if old is None:
+        os.environ.pop("AUTOLAB_CACHE", None)
+    else:
+        os.environ["AUTOLAB_CACHE"] = old
+
+
+def run_train(args: list[str], cwd: Path, cache: Path, env: dict | None = None, timeout: int = 600):
+    """Run train.py in a subprocess, as a user would, from `cwd` (where results.tsv lands)."""
+    full_env = {**os.environ, "AUTOLAB_CACHE": str(cache), "WANDB_SILENT": "true", **(env or {})}
+    full_env.pop("WANDB_MODE", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+TINY = [  # a few CPU steps of the tiny model: what every end-to-end test starts from
+    "+experiment=quickstart",
+    "trainer.max_steps=4",
+    "trainer.log_every=2",
+    "data.seq_len=64",
+    "data.batch_size=4",
+    "eval.batch_size=64",
+]

@@ -1,0 +1,47 @@
+"""The GPT as a Hugging Face model: checkpoint round trip through the Auto classes, generate."""
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import prepare
+from autolab.checkpoint import save_checkpoint
+from autolab.models import GPT, GPTConfig
+
+
+def tiny_gpt(vocab: int = 8192) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, n_layer=2, n_head=2, n_embd=32, max_position_embeddings=64))
+
+
+def test_checkpoint_loads_back_through_auto_classes(tmp_path, cache):
+    model, tok = tiny_gpt(), prepare.Tokenizer.load()
+    folder = save_checkpoint(model, tok, tmp_path / "checkpoint")
+    assert (folder / "model.safetensors").exists() and not (tmp_path / "checkpoint.tmp").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert isinstance(loaded, GPT)
+    x = torch.randint(0, 8192, (2, 16))
+    assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
+
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    text = "def f(x):\n    return x  # café 🙂"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+    assert hf_tok.bos_token_id == tok.bos_id
+    assert prepare.Tokenizer.load(folder).encode(text) == tok.encode(text)
+
+
+def test_generate_matches_greedy_decoding():
+    model = tiny_gpt(vocab=100).eval()
+    x = torch.randint(0, 100, (1, 5))
+    out = model.generate(x, max_new_tokens=6, do_sample=False)
+    seq = x
+    for _ in range(6):
+        seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, seq)
+
+
+def test_hf_labels_loss_matches_shifted_cross_entropy():
+    model = tiny_gpt(vocab=100)
+    x = torch.randint(0, 100, (2, 10))
+    out = model(input_ids=x, labels=x)
+    manual = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 100), x[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, manual)

@@ -95,7 +95,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
         budget, t.log_every, seq_len * batch_size, model.num_flops_per_token(seq_len),
         peak_flops(device), t.max_loss_ratio,
     )
-    stage = LMStage(model, cfg.optim, cfg.schedule, budget, t.grad_clip)
+    compiled = cuda if t.compile == "auto" else bool(t.compile)
+    stage = LMStage(model, cfg.optim, cfg.schedule, budget, t.grad_clip, compile=compiled)
     logger = _build_logger(cfg)
     trainer = L.Trainer(
         accelerator=device.type, devices=1,
@@ -108,8 +109,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=cuda)
-    compiled = cuda if t.compile == "auto" else bool(t.compile)
-    trainer.fit(torch.compile(stage) if compiled else stage, train_dataloaders=loader)
+    trainer.fit(stage, train_dataloaders=loader)
+    model.to(device)  # Lightning hands the module back on the CPU after fit
 
     val_bpb = prepare.evaluate_bpb(
         model, tokenizer, cfg.data.domain, seq_len=min(prepare.MAX_SEQ_LEN, cfg.model.max_seq_len),

@@ -18,15 +18,23 @@ from autolab.schedules import lr_at
 
 
 class LMStage(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, optim: DictConfig, schedule: DictConfig, budget: Budget, grad_clip: float):
+    def __init__(
+        self, model: torch.nn.Module, optim: DictConfig, schedule: DictConfig, budget: Budget,
+        grad_clip: float, compile: bool = False,
+    ):
         super().__init__()
         self.model = model
         self.optim_cfg, self.schedule, self.budget, self.grad_clip = optim, schedule, budget, grad_clip
         self.automatic_optimization = False
         self.current_lr = 0.0
+        # Only the loss is compiled (cast, model, cross-entropy in one graph): compiling the whole
+        # module would make Lightning compile training_step, whose Python step counters recompile.
+        self.batch_loss = torch.compile(self._batch_loss) if compile else self._batch_loss
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids).logits
+    def _batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss of packed rows [B, T + 1]."""
+        batch = batch.long()
+        return lm_loss(self.model(input_ids=batch[:, :-1]).logits, batch[:, 1:])
 
     def configure_optimizers(self):
         return build_optimizers(self.model, self.optim_cfg, self.schedule.peak_lr)
@@ -45,8 +53,7 @@ class LMStage(L.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         self._set_lr(optimizers)
-        batch = batch.long()
-        loss = lm_loss(self(batch[:, :-1]), batch[:, 1:])
+        loss = self.batch_loss(batch)
         self.manual_backward(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
         for opt in optimizers:

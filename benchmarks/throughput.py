@@ -1,0 +1,181 @@
+"""Throughput: our Lightning stage against a bare PyTorch loop, same model/data/settings, one run.
+
+    python benchmarks/throughput.py                        # default experiment (needs a GPU)
+    python benchmarks/throughput.py +experiment=quickstart --steps 20 --warmup 3   # CPU smoke
+
+Both loops: the model from the composed Hydra config, the same packed rows, bf16 autocast and
+torch.compile on CUDA, fused AdamW, global-norm clipping, the LR set every step from lr_at. Each is
+timed over `--steps` steps after `--warmup` untimed ones, with a device sync only at both ends;
+the two alternate `--rounds` times (the machine is noisy, a ratio within one run is what counts).
+MFU = tokens/s x FLOPs per token (AutoResearch's count) / the GPU's dense bf16 peak. The data path
+is timed alone too: batches built and copied to the device with nothing trained.
+Results are printed as a table and written as JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from autolab.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("train", overrides=[*overrides, "output_dir=/tmp/bench", "logger=none"])
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_loop(cfg, model, dataset, device, warmup: int, steps: int) -> float:
+    """The reference: the plainest fast PyTorch loop. Returns seconds for `steps` steps."""
+    from autolab.objectives import lm_loss
+    from autolab.optim import build_optimizers
+    from autolab.schedules import lr_at
+
+    cuda = device.type == "cuda"
+
+    def batch_loss(batch):  # what LMStage.forward computes, compiled whole likewise
+        batch = batch.long()
+        return lm_loss(model(input_ids=batch[:, :-1]).logits, batch[:, 1:])
+
+    fwd = torch.compile(batch_loss) if cuda else batch_loss
+    opts = build_optimizers(model, cfg.optim, cfg.schedule.peak_lr)
+    s = cfg.schedule
+    it = iter(torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=cuda))
+    t0 = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        lr = lr_at(step / (warmup + steps), peak_lr=s.peak_lr, initial_lr=s.initial_lr, warmup=s.warmup,
+                   min_lr_ratio=s.min_lr_ratio)
+        for opt in opts:
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+        batch = next(it).to(device, non_blocking=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+            loss = fwd(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def lightning_loop(cfg, model, dataset, device, warmup: int, steps: int) -> float:
+    """Ours: the stage and callbacks train.py runs, timed between the same two syncs."""
+    import lightning as L
+
+    from autolab.callbacks import Budget, Monitor, TimeBudget, peak_flops
+    from autolab.stages import LMStage
+
+    cuda = device.type == "cuda"
+    budget = Budget(1e9, max_steps=warmup + steps, untimed_steps=warmup)
+    marks = {}
+
+    class Stopwatch(L.Callback):
+        def on_train_batch_end(self, *args):
+            if budget.steps in (warmup, warmup + steps):
+                sync(device)
+                marks[budget.steps] = time.perf_counter()
+
+    tokens = cfg.data.seq_len * cfg.data.batch_size
+    monitor = Monitor(budget, cfg.trainer.log_every, tokens, model.num_flops_per_token(cfg.data.seq_len),
+                      peak_flops(device))
+    monitor._print = lambda *a, **k: None  # keep the benchmark's own output a table
+    trainer = L.Trainer(
+        accelerator=device.type, devices=1, precision="bf16-mixed" if cuda else "32-true",
+        max_epochs=-1, logger=False, callbacks=[TimeBudget(budget), monitor, Stopwatch()],
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    stage = LMStage(model, cfg.optim, cfg.schedule, budget, cfg.trainer.grad_clip, compile=cuda)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=cuda)
+    trainer.fit(stage, train_dataloaders=loader)
+    return marks[warmup + steps] - marks[warmup]
+
+
+def data_path(dataset, device, seconds: float = 3.0) -> float:
+    """Tokens/s the data path delivers alone: batches built, pinned and copied to the device."""
+    cuda = device.type == "cuda"
+    it = iter(torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=cuda))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        next(it).to(device, non_blocking=True)
+        n += 1
+    sync(device)
+    return n * dataset.batch_size * (dataset.rows.size(1) - 1) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    import logging
+
+    import prepare
+    from autolab.callbacks import peak_flops
+    from autolab.data import PackedRows, token_stream
+    from autolab.models import build_gpt
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", default="benchmark.json")
+    args, overrides = p.parse_known_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    cfg = compose(overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    tok = prepare.Tokenizer.load()
+    dataset = PackedRows(token_stream(tok, cfg.data.domain), cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
+    tokens = cfg.data.seq_len * cfg.data.batch_size
+    results = {"bare": [], "lightning": []}
+    for r in range(args.rounds):
+        for name, loop in (("bare", bare_loop), ("lightning", lightning_loop)):
+            torch.manual_seed(cfg.seed)
+            model = build_gpt(cfg.model, tok.vocab_size).to(device)
+            seconds = loop(cfg, model, dataset, device, args.warmup, args.steps)
+            results[name].append(args.steps * tokens / seconds)
+            print(f"round {r} {name:9s}: {results[name][-1]:,.0f} tok/s", flush=True)
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    model = build_gpt(cfg.model, tok.vocab_size)
+    flops, peak = model.num_flops_per_token(cfg.data.seq_len), peak_flops(device)
+    summary = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "seq_len": cfg.data.seq_len, "batch_size": cfg.data.batch_size, "steps": args.steps,
+        "data_path_tokens_per_sec": data_path(dataset, device),
+    }
+    for name, rates in results.items():
+        summary[f"{name}_tokens_per_sec"] = statistics.median(rates)
+        summary[f"{name}_all"] = rates
+        summary[f"{name}_mfu_percent"] = 100 * statistics.median(rates) * flops / peak if peak else None
+    summary["ratio_lightning_over_bare"] = summary["lightning_tokens_per_sec"] / summary["bare_tokens_per_sec"]
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print("---")
+    for k, v in summary.items():
+        if not k.endswith("_all"):
+            print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                        # default experiment (needs a GPU)
     python benchmarks/throughput.py +experiment=quickstart --steps 20 --warmup 3   # CPU smoke
+    python benchmarks/throughput.py stage=cpt init_from=/tmp/llama150m data=code   # CPT of an HF Llama
 
 Both loops: the model from the composed Hydra config, the same packed rows, bf16 autocast and
 torch.compile on CUDA, fused AdamW, global-norm clipping, the LR set every step from lr_at. Each is
@@ -67,7 +68,7 @@ def bare_loop(cfg, model, dataset, device, warmup: int, steps: int) -> float:
         for opt in opts:
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
-        batch = next(it).to(device, non_blocking=True)
+        batch = next(it)["tokens"].to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
             loss = fwd(batch)
         loss.backward()
@@ -84,6 +85,7 @@ def lightning_loop(cfg, model, dataset, device, warmup: int, steps: int) -> floa
     import lightning as L
 
     from autolab.callbacks import Budget, Monitor, TimeBudget, peak_flops
+    from autolab.models import flops_per_token
     from autolab.stages import LMStage
 
     cuda = device.type == "cuda"
@@ -97,7 +99,7 @@ def lightning_loop(cfg, model, dataset, device, warmup: int, steps: int) -> floa
                 marks[budget.steps] = time.perf_counter()
 
     tokens = cfg.data.seq_len * cfg.data.batch_size
-    monitor = Monitor(budget, cfg.trainer.log_every, tokens, model.num_flops_per_token(cfg.data.seq_len),
+    monitor = Monitor(budget, cfg.trainer.log_every, tokens, flops_per_token(model, cfg.data.seq_len),
                       peak_flops(device))
     monitor._print = lambda *a, **k: None  # keep the benchmark's own output a table
     trainer = L.Trainer(
@@ -118,7 +120,7 @@ def data_path(dataset, device, seconds: float = 3.0) -> float:
     it = iter(torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=cuda))
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        next(it).to(device, non_blocking=True)
+        next(it)["tokens"].to(device, non_blocking=True)
         n += 1
     sync(device)
     return n * dataset.batch_size * (dataset.rows.size(1) - 1) / (time.perf_counter() - t0)
@@ -130,7 +132,7 @@ def main() -> None:
     import prepare
     from autolab.callbacks import peak_flops
     from autolab.data import PackedRows, token_stream
-    from autolab.models import build_gpt
+    from autolab.models import build_gpt, flops_per_token, load_pretrained
 
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=100)
@@ -142,24 +144,33 @@ def main() -> None:
     cfg = compose(overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
-    tok = prepare.Tokenizer.load()
+    if cfg.init_from:  # e.g. a randomly initialised HF Llama folder (benchmarks/make_llama.py)
+        def new_model():
+            return load_pretrained(cfg.init_from)[0]
+        tok = load_pretrained(cfg.init_from)[1]
+    else:
+        tok = prepare.Tokenizer.load()
+
+        def new_model():
+            return build_gpt(cfg.model, tok.vocab_size)
     dataset = PackedRows(token_stream(tok, cfg.data.domain), cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
     tokens = cfg.data.seq_len * cfg.data.batch_size
     results = {"bare": [], "lightning": []}
     for r in range(args.rounds):
         for name, loop in (("bare", bare_loop), ("lightning", lightning_loop)):
             torch.manual_seed(cfg.seed)
-            model = build_gpt(cfg.model, tok.vocab_size).to(device)
+            model = new_model().to(device)
             seconds = loop(cfg, model, dataset, device, args.warmup, args.steps)
             results[name].append(args.steps * tokens / seconds)
             print(f"round {r} {name:9s}: {results[name][-1]:,.0f} tok/s", flush=True)
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    model = build_gpt(cfg.model, tok.vocab_size)
-    flops, peak = model.num_flops_per_token(cfg.data.seq_len), peak_flops(device)
+    model = new_model()
+    flops, peak = flops_per_token(model, cfg.data.seq_len), peak_flops(device)
     summary = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "model": cfg.init_from or "autolab GPT",
         "torch": torch.__version__,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "seq_len": cfg.data.seq_len, "batch_size": cfg.data.batch_size, "steps": args.steps,

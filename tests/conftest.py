@@ -44,3 +44,29 @@ TINY = [  # a few CPU steps of the tiny model: what every end-to-end test starts
     "data.batch_size=4",
     "eval.batch_size=64",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, cache) -> Path:
+    """A randomly initialised Llama folder with its OWN byte-level BPE tokenizer (400 tokens),
+    as a hub model would come: nothing of autolab's tokenizer in it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = prepare.load_documents("prose", "train")[:40] + prepare.load_documents("code", "train")[:40]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="<s>")
+    tok.save_pretrained(folder)
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, intermediate_size=64, max_position_embeddings=128,
+    )).save_pretrained(folder)
+    return folder

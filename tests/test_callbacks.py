@@ -1,7 +1,6 @@
-"""The time budget stops training on time; packed rows are deterministic and resumable."""
+"""The time budget stops training on time, and max_steps replaces it."""
 
 import lightning as L
-import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -44,26 +43,3 @@ def test_max_steps_replaces_the_time_budget():
     budget = Budget(seconds=1e9, max_steps=7)
     _fit(budget)
     assert budget.steps == 7
-
-
-def test_packed_rows_are_deterministic_and_resume_from_their_state():
-    stream = torch.arange(1000, dtype=torch.int32)
-    a, b = PackedRows(stream, 9, 4, seed=3), PackedRows(stream, 9, 4, seed=3)
-    first = [batch.clone() for batch, _ in zip(iter(a), range(60))]  # > 1 epoch (27 batches each)
-    assert all(torch.equal(x, y) for x, y in zip(first, (batch for batch, _ in zip(iter(b), range(60)))))
-    assert all(torch.equal(row[1:], torch.arange(row[0] + 1, row[0] + 10)) for row in first[0])  # windows
-    c = PackedRows(stream, 9, 4, seed=3)
-    it = iter(c)
-    for _ in range(40):
-        next(it)
-    resumed = PackedRows(stream, 9, 4, seed=3)
-    resumed.load_state_dict(c.state_dict())
-    assert all(torch.equal(x, y) for x, y in zip(first[40:], (batch for batch, _ in zip(iter(resumed), range(20)))))
-    assert not torch.equal(first[0], PackedRows(stream, 9, 4, seed=4).__iter__().__next__())
-
-
-def test_too_little_data_is_a_clear_error():
-    from autolab.errors import UserError
-
-    with pytest.raises(UserError, match="fewer than one batch"):
-        PackedRows(torch.arange(50, dtype=torch.int32), 16, 8)

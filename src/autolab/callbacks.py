@@ -1,7 +1,9 @@
-"""Lightning callbacks: the time budget, the divergence guard, throughput and MFU, progress lines.
+"""Lightning callbacks: the time budget, the divergence guard, throughput and MFU, progress lines,
+validation curves on small fixed slices, and resumable snapshots.
 
 Nothing here syncs with the GPU per step: the loss is summed on the device and read back once
 every `log_every` steps, which is also when divergence is checked and metrics are logged.
+Evaluation and snapshot writing run inside `TimeBudget.untimed()`: they are not training time.
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
 
 import lightning as L
 import torch
 
+from autolab import resume
 from autolab.errors import DivergenceError
 
 
@@ -47,6 +53,15 @@ class TimeBudget(L.Callback):
         self.budget = budget
         self._last = 0.0
 
+    @contextmanager
+    def untimed(self):
+        """Work inside this block (evaluation, checkpoints) is left out of the training time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._last += time.perf_counter() - start
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._last = time.perf_counter()
 
@@ -73,7 +88,8 @@ def peak_flops(device: torch.device) -> float | None:
 
 class Monitor(L.Callback):
     """Every `every` steps: reads the mean loss (one host sync), stops on NaN or explosion,
-    logs loss, learning rate, tokens/s and MFU to the loggers, and prints one progress line."""
+    logs loss, learning rate, tokens/s, MFU and the step outputs' host-side numbers (window means,
+    e.g. the measured replay share) to the loggers, and prints one progress line."""
 
     def __init__(
         self,
@@ -89,7 +105,7 @@ class Monitor(L.Callback):
         self.max_loss_ratio = max_loss_ratio
         self.reference_loss: float | None = None
         self.last: dict = {}
-        self._sum, self._n = None, 0
+        self._sum, self._n, self._host = None, 0, {}
         self._mark = (0, 0.0)  # (timed steps, training seconds) at the last log
         self._tty = sys.stdout.isatty()
 
@@ -97,10 +113,14 @@ class Monitor(L.Callback):
         loss = outputs["loss"]
         self._sum = loss if self._sum is None else self._sum + loss
         self._n += 1
+        for k, v in outputs.items():
+            if isinstance(v, float):
+                self._host[k] = self._host.get(k, 0.0) + v
         if self.budget.steps % self.every and not trainer.should_stop:
             return
         mean = (self._sum / self._n).item()
-        self._sum, self._n = None, 0
+        host = {f"train/{k}": v / self._n for k, v in self._host.items()}
+        self._sum, self._n, self._host = None, 0, {}
         if not math.isfinite(mean) or (
             self.reference_loss is not None and mean > self.max_loss_ratio * self.reference_loss
         ):
@@ -111,6 +131,7 @@ class Monitor(L.Callback):
         if self.reference_loss is None:
             self.reference_loss = mean
         metrics = {"train/loss": mean, "train/lr": pl_module.current_lr, "progress": self.budget.progress()}
+        metrics.update(host)
         metrics.update(self._rates())
         metrics.update(pl_module.extra_metrics(outputs))
         self.last = metrics
@@ -143,3 +164,57 @@ class Monitor(L.Callback):
             print("\r" + line, end="\n" if final else "", flush=True)
         else:
             print(line, flush=True)
+
+    def state_dict(self) -> dict:
+        return {"reference_loss": self.reference_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference_loss = state["reference_loss"]
+
+
+class Curves(L.Callback):
+    """Every `every` steps, evaluate each named function of the model (bpb on a small fixed slice
+    of a domain's validation text) and log it: cheap curves of adaptation and forgetting."""
+
+    def __init__(self, timer: TimeBudget, every: int, evaluators: dict[str, Callable]):
+        self.timer, self.every, self.evaluators = timer, every, evaluators
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.every or self.timer.budget.steps % self.every:
+            return
+        with self.timer.untimed():
+            metrics = {name: fn(pl_module.model) for name, fn in self.evaluators.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=self.timer.budget.steps)
+
+
+class Snapshots(L.Callback):
+    """Writes a resumable snapshot every `every_steps` steps or `every_minutes` minutes of wall time,
+    and once more when training ends, outside the training time."""
+
+    def __init__(self, out: Path, timer: TimeBudget, monitor: Monitor, every_steps: int,
+                 every_minutes: float, extra: Callable[[], dict]):
+        self.out, self.timer, self.monitor = out, timer, monitor
+        self.every_steps, self.every_seconds = every_steps, every_minutes * 60
+        self.extra = extra
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = self.timer.budget.steps
+        due = (self.every_steps and step % self.every_steps == 0) or (
+            self.every_seconds and time.monotonic() - self._last >= self.every_seconds
+        )
+        if not (due or trainer.should_stop):
+            return
+        with self.timer.untimed():
+            state = {
+                "step": step,
+                "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+                "budget": self.timer.budget.state_dict(),
+                "data": batch["state"],  # the position after this step's batch
+                "rng": resume.rng_state(),
+                "monitor": self.monitor.state_dict(),
+                **self.extra(),
+            }
+            resume.save(self.out, pl_module.model, state)
+        self._last = time.monotonic()

@@ -27,12 +27,16 @@ def save_tokenizer(tokenizer: prepare.Tokenizer, folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def save_checkpoint(model, tokenizer: prepare.Tokenizer, folder: Path) -> Path:
+def save_checkpoint(model, tokenizer, folder: Path) -> Path:
+    """Weights and tokenizer (ours, or the HF tokenizer an `init_from` model came with)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    save_tokenizer(tokenizer, tmp)
+    if isinstance(tokenizer, prepare.Tokenizer):
+        save_tokenizer(tokenizer, tmp)
+    else:
+        tokenizer.save_pretrained(tmp)
     if folder.exists():
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

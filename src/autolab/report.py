@@ -31,6 +31,12 @@ LEDGER_COLUMNS = (
     "stage",
     "experiment",
     *SUMMARY_KEYS,
+    "val_bpb_start",  # continued pretraining: before and after, on both domains
+    "val_bpb_delta",
+    "replay_val_bpb",
+    "replay_val_bpb_start",
+    "replay_val_bpb_delta",
+    "replay_share",
     "status",
     "description",
     "output_dir",
@@ -41,12 +47,13 @@ def _fmt(value, key: str = "") -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.6f}" if "bpb" in key else f"{value:.2f}"
+        return f"{value:.6f}" if "bpb" in key or "share" in key else f"{value:.2f}"
     return str(value)
 
 
 def format_summary(metrics: dict) -> str:
-    keys = [k for k in SUMMARY_KEYS if k in metrics] + [k for k in metrics if k not in SUMMARY_KEYS]
+    order = {k: i for i, k in enumerate((*SUMMARY_KEYS, *LEDGER_COLUMNS))}
+    keys = sorted(metrics, key=lambda k: order.get(k, len(order)))  # unknown keys last, as given
     return "\n".join(["---", *(f"{k}: {_fmt(metrics[k], k)}" for k in keys)])
 
 

@@ -3,10 +3,18 @@
 `train.py` calls `main(cfg)`. Whatever happens, the run prints its summary block and appends its
 row to the ledger; a failure the user can fix is one line on stderr, and the exit code is non-zero
 (in a multirun the other jobs go on: the ledger and each summary say which failed).
+
+Starting points, kept apart:
+- `init_from=<folder | hub id | experiment:NAME>` starts a *new* run from weights (fresh optimiser,
+  schedule from progress 0). `experiment:NAME` is the checkpoint `+experiment=NAME` produces,
+  trained once and cached under $AUTOLAB_CACHE/experiments/ by a hash of its config.
+- `resume=<run dir>` (or a run dir that already holds a snapshot) *continues* that run: same
+  config, weights, optimiser, LR position, data position, RNG, budget spent and W&B run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -15,28 +23,31 @@ import warnings
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import prepare
-from autolab import report
+from autolab import report, resume
 from autolab.errors import DivergenceError, UserError
 
 
 def main(cfg: DictConfig) -> int:
-    code = run(cfg)
+    code = run(cfg, experiment=_experiment_name())
     if code and not _in_multirun():
         sys.exit(code)
     return code
 
 
-def run(cfg: DictConfig) -> int:
+def run(cfg: DictConfig, experiment: str = "") -> int:
     t0 = time.time()
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     ledger = Path(cfg.ledger).resolve()
+    out = Path(cfg.output_dir).resolve()
     metrics: dict = {key: None for key in report.SUMMARY_KEYS}
     logger, code = None, 1
     try:
+        if cfg.get("resume"):
+            cfg = _resumed_config(cfg)
+            out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
         logger = _fit_and_evaluate(cfg, out, metrics)
         code = 0
     except (UserError, prepare.PrepareError) as e:
@@ -53,7 +64,7 @@ def run(cfg: DictConfig) -> int:
         commit, dirty = report.git_state()
         report.append_row(ledger, {
             **metrics, "commit": commit, "dirty": dirty, "stage": cfg.stage.name,
-            "experiment": _experiment_name(), "description": cfg.description,
+            "experiment": experiment, "description": cfg.description,
         })
         print(report.format_summary(metrics), flush=True)  # last, so `tail` shows it whole
     return code
@@ -62,90 +73,212 @@ def run(cfg: DictConfig) -> int:
 def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
     import lightning as L
 
-    from autolab.callbacks import Budget, Monitor, TimeBudget, peak_flops
+    from autolab.callbacks import Budget, Curves, Monitor, Snapshots, TimeBudget, peak_flops
     from autolab.checkpoint import save_checkpoint
-    from autolab.data import PackedRows, token_stream
-    from autolab.models import build_gpt
+    from autolab.models import flops_per_token
     from autolab.stages import LMStage
 
     _quiet_libraries()
+    device = _device(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model, tokenizer = _initial_model(cfg)
+    snapshot = resume.find(out)
+    restore = resume.load(snapshot, model) if snapshot else None
+    max_len = getattr(model.config, "max_position_embeddings", None) or prepare.MAX_SEQ_LEN
+    seq_len, batch_size = cfg.data.seq_len, cfg.data.batch_size
+    if seq_len > max_len:
+        raise UserError(f"data.seq_len={seq_len} is longer than the model's {max_len} positions: lower it")
+    data = _training_data(cfg, tokenizer, seq_len)
+    if restore:
+        data.load_state_dict(restore["data"])
+    model.to(device)
+
+    eval_len = min(prepare.MAX_SEQ_LEN, max_len)
+
+    def bpb(domain: str, max_bytes: int = prepare.EVAL_BYTES):
+        texts = prepare.val_documents(domain, max_bytes)
+        return lambda m: prepare.evaluate_bpb(
+            m, tokenizer, texts, seq_len=eval_len, batch_size=cfg.eval.batch_size, device=device
+        )
+
+    domains = {"val_bpb": cfg.data.domain}
+    if cfg.stage.measure_forgetting:
+        domains["replay_val_bpb"] = cfg.replay.domain
+    final_evals = {name: bpb(domain) for name, domain in domains.items()}
+    if restore:
+        start = restore["start"]
+    elif cfg.init_from:  # where the starting checkpoint stands, before any training
+        print("evaluating the starting checkpoint ...", flush=True)
+        start = {f"{name}_start": fn(model) for name, fn in final_evals.items()}
+    else:
+        start = {}
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"model: {n_params / 1e6:.1f}M parameters | data: {cfg.data.domain}, {data.new.n_rows if hasattr(data, 'new') else data.n_rows} rows of "
+        f"{seq_len} tokens | replay: {cfg.replay.ratio:g} of {cfg.replay.domain} | {device.type} | output: {out}"
+        + (f" | resuming at step {restore['step']}" if restore else ""), flush=True,
+    )
+
+    t = cfg.trainer
+    budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
+    if restore:
+        budget.load_state_dict(restore["budget"])
+    timer = TimeBudget(budget)
+    monitor = Monitor(budget, t.log_every, seq_len * batch_size, flops_per_token(model, seq_len),
+                      peak_flops(device), t.max_loss_ratio)
+    if restore:
+        monitor.load_state_dict(restore["monitor"])
+    compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
+    stage = LMStage(model, cfg.optim, cfg.schedule, budget, t.grad_clip, compile=compiled, restore=restore)
+    if restore:
+        stage.rows, stage.replay_rows = restore["rows"], restore["replay_rows"]
+    logger = _build_logger(cfg, wandb_id=restore["wandb_id"] if restore else None)
+    wandb_id = logger.experiment.id if logger is not None else None
+    curves = {"val/" + name.replace("val_bpb", "bpb"): bpb(domain, cfg.eval.curve_bytes)  # val/bpb, val/replay_bpb
+              for name, domain in domains.items()}
+    snapshots = Snapshots(
+        out, timer, monitor, t.snapshot_every_steps, t.snapshot_every_minutes,
+        extra=lambda: {"start": start, "wandb_id": wandb_id, "rows": stage.rows, "replay_rows": stage.replay_rows},
+    )
+    trainer = L.Trainer(
+        accelerator=device.type, devices=1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
+        max_epochs=-1, max_steps=-1, logger=logger or False,
+        callbacks=[timer, monitor, Curves(timer, cfg.eval.curve_every, curves), snapshots],
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model.train()  # from_pretrained and the evaluation above leave it in eval mode
+    if not budget.done():
+        loader = torch.utils.data.DataLoader(data, batch_size=None, pin_memory=device.type == "cuda")
+        trainer.fit(stage, train_dataloaders=loader)
+    model.to(device)  # Lightning hands the module back on the CPU after fit
+
+    metrics.update({name: fn(model) for name, fn in final_evals.items()})
+    metrics.update(
+        training_seconds=budget.training_seconds,
+        peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0,
+        mfu_percent=_mean_mfu(budget, model, seq_len, batch_size, device),
+        total_tokens_M=budget.steps * seq_len * batch_size / 1e6,
+        num_steps=budget.steps,
+        num_params_M=n_params / 1e6,
+    )
+    for name in final_evals:
+        if f"{name}_start" in start:
+            metrics[f"{name}_start"] = start[f"{name}_start"]
+            metrics[f"{name}_delta"] = metrics[name] - start[f"{name}_start"]
+    if cfg.replay.ratio > 0 or cfg.stage.measure_forgetting:
+        metrics["replay_share"] = stage.replay_rows / max(stage.rows, 1)
+    save_checkpoint(model, tokenizer, out / "checkpoint")
+    return logger
+
+
+def _device(cfg: DictConfig) -> torch.device:
     cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
     if not cuda and cfg.trainer.require_gpu:
         raise UserError(
             "no GPU: this experiment is sized for one (see conf/trainer); on a CPU run "
             "`python train.py +experiment=quickstart`, or force it with trainer.require_gpu=false"
         )
-    device = torch.device("cuda" if cuda else "cpu")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tokenizer = prepare.Tokenizer.load()
-    model = build_gpt(cfg.model, tokenizer.vocab_size)
-    seq_len, batch_size = cfg.data.seq_len, cfg.data.batch_size
-    if seq_len > cfg.model.max_seq_len:
-        raise UserError(f"data.seq_len={seq_len} > model.max_seq_len={cfg.model.max_seq_len}")
-    dataset = PackedRows(token_stream(tokenizer, cfg.data.domain), seq_len, batch_size, cfg.seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"model: {n_params / 1e6:.1f}M parameters | data: {cfg.data.domain}, {dataset.n_rows} rows of "
-        f"{seq_len} tokens | {device.type} | output: {out}", flush=True
-    )
+    return torch.device("cuda" if cuda else "cpu")
 
-    t = cfg.trainer
-    budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
-    monitor = Monitor(
-        budget, t.log_every, seq_len * batch_size, model.num_flops_per_token(seq_len),
-        peak_flops(device), t.max_loss_ratio,
-    )
-    compiled = cuda if t.compile == "auto" else bool(t.compile)
-    stage = LMStage(model, cfg.optim, cfg.schedule, budget, t.grad_clip, compile=compiled)
-    logger = _build_logger(cfg)
-    trainer = L.Trainer(
-        accelerator=device.type, devices=1,
-        precision="bf16-mixed" if cuda else "32-true",
-        max_epochs=-1, max_steps=-1, logger=logger or False,
-        callbacks=[TimeBudget(budget), monitor],
-        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out,
-    )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=cuda)
-    trainer.fit(stage, train_dataloaders=loader)
-    model.to(device)  # Lightning hands the module back on the CPU after fit
 
-    val_bpb = prepare.evaluate_bpb(
-        model, tokenizer, cfg.data.domain, seq_len=min(prepare.MAX_SEQ_LEN, cfg.model.max_seq_len),
-        batch_size=cfg.eval.batch_size, device=device,
-    )
-    save_checkpoint(model, tokenizer, out / "checkpoint")
-    metrics.update(
-        val_bpb=val_bpb,
-        training_seconds=budget.training_seconds,
-        peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0,
-        mfu_percent=_mean_mfu(budget, model, seq_len, batch_size, device),
-        total_tokens_M=budget.steps * seq_len * batch_size / 1e6,
-        num_steps=budget.steps,
-        num_params_M=n_params / 1e6,
-    )
-    return logger
+def _initial_model(cfg: DictConfig):
+    """(model, tokenizer): a fresh GPT for pretraining from scratch, else `init_from`'s weights."""
+    from autolab.models import build_gpt, load_pretrained
+
+    if not cfg.init_from:
+        if cfg.stage.name != "pretrain":
+            raise UserError(
+                f"stage={cfg.stage.name} continues from a model: pass init_from=<checkpoint folder, "
+                "Hugging Face model folder or hub id, or experiment:NAME>"
+            )
+        tokenizer = prepare.Tokenizer.load()
+        return build_gpt(cfg.model, tokenizer.vocab_size), tokenizer
+    return load_pretrained(_experiment_checkpoint(str(cfg.init_from), cfg))
+
+
+def _experiment_checkpoint(source: str, cfg: DictConfig) -> str:
+    """`experiment:NAME` -> the checkpoint of `+experiment=NAME`, trained once and cached by a hash
+    of its config (so every job of a sweep starts from the same base); other sources unchanged."""
+    if not source.startswith("experiment:"):
+        return source
+    from filelock import FileLock
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    name = source.split(":", 1)[1]
+    if not GlobalHydra.instance().is_initialized():
+        raise UserError(f"init_from={source} needs Hydra: run it through train.py")
+    overrides = [f"+experiment={name}", *cfg.get("base_overrides", [])]
+    base = compose("train", overrides=[*overrides, "output_dir=unset"])
+    keyed = OmegaConf.to_container(base, resolve=False)
+    for key in ("output_dir", "ledger", "description", "logger"):
+        keyed.pop(key, None)
+    key = hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(keyed)).encode()).hexdigest()[:10]
+    folder = prepare.cache_dir() / "experiments" / f"{name}-{key}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "checkpoint").exists():
+            print(f"init_from={source}: not cached yet, running `+experiment={name}` first -> {folder}", flush=True)
+            with open_dict(base):
+                base.output_dir, base.ledger = str(folder), cfg.ledger
+            if run(base, experiment=name) != 0:
+                raise UserError(f"the starting experiment {name} failed: see its summary above ({folder})")
+    return str(folder / "checkpoint")
+
+
+def _training_data(cfg: DictConfig, tokenizer, seq_len: int):
+    """Packed rows of the training domain, with replay rows of the base domain mixed in."""
+    from autolab.data import PackedRows, ReplayMixture, token_stream
+
+    ratio = float(cfg.replay.ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"replay.ratio={ratio} is outside [0, 1): 0 turns replay off, 0.05 is typical")
+    new = PackedRows(token_stream(tokenizer, cfg.data.domain), seq_len, cfg.data.batch_size, cfg.seed,
+                     name=f"domain {cfg.data.domain!r}")
+    if ratio == 0.0:
+        return new
+    replay = PackedRows(token_stream(tokenizer, cfg.replay.domain), seq_len, 1, cfg.seed + 1,
+                        name=f"replay domain {cfg.replay.domain!r}")
+    return ReplayMixture(new, replay, ratio)
+
+
+def _resumed_config(cfg: DictConfig) -> DictConfig:
+    """The config the run dir was started with (what `resume` continues), pointed at that dir."""
+    run_dir = Path(cfg.resume).expanduser().resolve()
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        raise UserError(f"resume={cfg.resume}: {saved} not found; give the output dir of a train.py run")
+    if resume.find(run_dir) is None:
+        raise UserError(f"resume={cfg.resume}: the run wrote no snapshot yet (trainer.snapshot_every_*)")
+    old = OmegaConf.load(saved)
+    with open_dict(old):
+        old.output_dir, old.resume, old.ledger = str(run_dir), str(run_dir), cfg.ledger
+    return old
 
 
 def _mean_mfu(budget, model, seq_len: int, batch_size: int, device) -> float | None:
     from autolab.callbacks import peak_flops
+    from autolab.models import flops_per_token
 
     peak, timed = peak_flops(device), budget.steps - budget.untimed_steps
     if not peak or timed <= 0 or budget.training_seconds <= 0:
         return None
     tok_s = timed * seq_len * batch_size / budget.training_seconds
-    return 100 * tok_s * model.num_flops_per_token(seq_len) / peak
+    return 100 * tok_s * flops_per_token(model, seq_len) / peak
 
 
-def _build_logger(cfg: DictConfig):
-    """W&B through Lightning's WandbLogger, one W&B run per Hydra job; None for logger=none."""
+def _build_logger(cfg: DictConfig, wandb_id: str | None = None):
+    """W&B through Lightning's WandbLogger, one W&B run per job (the same one when resumed)."""
     if cfg.get("logger") is None:
         return None
     from hydra.utils import instantiate
 
-    logger = instantiate(cfg.logger)
+    logger = instantiate(cfg.logger, save_dir=cfg.output_dir, id=wandb_id)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger
 
@@ -182,6 +315,7 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

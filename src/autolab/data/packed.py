@@ -3,11 +3,13 @@
 Every row is a window of the stream ([bos] doc [bos] doc ...), so no token is padding. Rows are
 visited in a fresh random order each epoch, drawn from (seed, epoch): the order is deterministic,
 and the position (epoch, index) is all the state a resumed run needs.
+
+Batches are dicts: `tokens` [B, seq_len + 1] int32, `replay_rows` (how many rows are replay), and
+`state`, the position *after* this batch. The loader runs ahead of training, so the position that
+belongs to a step travels with its batch; a checkpoint saves the state of the last batch trained.
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import torch
@@ -27,50 +29,50 @@ def token_stream(tokenizer, domain: str, split: str = "train") -> torch.Tensor:
 
 
 class PackedRows(torch.utils.data.IterableDataset):
-    """Yields int32 batches [batch_size, seq_len + 1] forever; `state_dict` marks the position."""
+    """Yields batches of `batch_size` rows forever; `state_dict` marks the position."""
 
-    def __init__(self, stream: torch.Tensor, seq_len: int, batch_size: int, seed: int = 0):
+    def __init__(self, stream: torch.Tensor, seq_len: int, batch_size: int, seed: int = 0, name: str = "data"):
         n_rows = (len(stream) - 1) // seq_len
         if n_rows < batch_size:
             raise UserError(
-                f"the data holds {n_rows} rows of {seq_len} tokens, fewer than one batch of "
+                f"{name} holds {n_rows} rows of {seq_len} tokens, fewer than one batch of "
                 f"{batch_size}: lower data.batch_size or data.seq_len, or prepare more text"
             )
         # rows overlap by one token: row r is stream[r*T : r*T + T + 1]
         self.rows = stream[: n_rows * seq_len + 1].unfold(0, seq_len + 1, seq_len)
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.index = 0, 0
+        self._order = self._permutation(0)
 
     @property
     def n_rows(self) -> int:
         return self.rows.size(0)
 
-    def _order(self, epoch: int) -> torch.Tensor:
+    def _permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n_rows, generator=g)
 
-    def __iter__(self):
-        order = self._order(self.epoch)
-        while True:
-            if self.index + self.batch_size > self.n_rows:
+    def take(self, n: int) -> torch.Tensor:
+        """The next n rows in order (crossing into the next epoch's order when one runs out)."""
+        parts = []
+        while n > 0:
+            if self.index == self.n_rows:
                 self.epoch, self.index = self.epoch + 1, 0
-                order = self._order(self.epoch)
-            idx = order[self.index : self.index + self.batch_size]
-            self.index += self.batch_size
-            yield self.rows[idx]
+                self._order = self._permutation(self.epoch)
+            k = min(n, self.n_rows - self.index)
+            parts.append(self._order[self.index : self.index + k])
+            self.index += k
+            n -= k
+        return self.rows[torch.cat(parts)] if parts else self.rows[:0]
+
+    def __iter__(self):
+        while True:
+            tokens = self.take(self.batch_size)
+            yield {"tokens": tokens, "replay_rows": 0, "state": self.state_dict()}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index = state["epoch"], state["index"]
-
-
-def loader_tokens_per_second(dataset: PackedRows, seconds: float = 2.0) -> float:
-    """How many tokens/s the data path delivers on its own (batches built, nothing trained)."""
-    batches, t0 = 0, time.perf_counter()
-    it = iter(dataset)
-    while time.perf_counter() - t0 < seconds:
-        next(it)
-        batches += 1
-    return batches * dataset.batch_size * (dataset.rows.size(1) - 1) / (time.perf_counter() - t0)
+        self._order = self._permutation(self.epoch)

@@ -1,14 +1,22 @@
-"""Models: our GPT, registered with transformers' Auto classes so any HF tool can load it."""
+"""Models: our GPT (registered with transformers' Auto classes so any HF tool can load it), and
+loading of any Hugging Face causal LM with its own tokenizer for `init_from`."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+import prepare
+from autolab.errors import UserError
 from autolab.models.gpt import GPT, GPTConfig
 
 # Registration only fills transformers' name tables (no I/O, no device work).
 AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
 
-__all__ = ["GPT", "GPTConfig"]
+__all__ = ["GPT", "GPTConfig", "build_gpt", "load_pretrained", "flops_per_token", "tokenizer_size"]
 
 
 def build_gpt(cfg, vocab_size: int) -> GPT:
@@ -23,3 +31,54 @@ def build_gpt(cfg, vocab_size: int) -> GPT:
             rope_theta=cfg.rope_theta,
         )
     )
+
+
+def tokenizer_size(tokenizer) -> int:
+    return tokenizer.vocab_size if isinstance(tokenizer, prepare.Tokenizer) else len(tokenizer)
+
+
+def load_pretrained(source: str):
+    """(model in fp32, tokenizer) from a folder we wrote, any HF causal-LM folder, or a hub id.
+
+    Our checkpoints carry tiktoken files and load with prepare.Tokenizer (exact, fast); anything
+    else uses its own AutoTokenizer. Every problem is a one-line UserError before training starts.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(source).expanduser()
+    where = str(path) if path.exists() else source
+    if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise UserError(f"init_from={source}: no such folder (give a checkpoint folder or a hub id)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+    except ValueError as e:  # transformers: "Unrecognized configuration class ..."
+        raise UserError(f"init_from={source} is not a causal language model: {_first_line(e)}") from None
+    except OSError as e:  # no config.json / weights, or the hub could not be reached
+        raise UserError(f"init_from={source} could not be loaded as a causal LM: {_first_line(e)}") from None
+    try:
+        if path.exists() and (path / "tiktoken.bpe").exists():
+            tokenizer = prepare.Tokenizer.load(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as e:
+        raise UserError(f"init_from={source} has no usable tokenizer: {_first_line(e)}") from None
+    n_tok, n_emb = tokenizer_size(tokenizer), model.get_input_embeddings().num_embeddings
+    if n_tok > n_emb:
+        raise UserError(
+            f"init_from={source}: its tokenizer has {n_tok} tokens but the model's embedding only "
+            f"{n_emb}: keep the tokenizer the model was trained with in the same folder"
+        )
+    return model, tokenizer
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token as AutoResearch/nanochat count them, for any HF decoder:
+    6 x (parameters - input embedding) + 12 x layers x width x sequence length."""
+    c = model.config
+    n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq_len
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -130,9 +130,3 @@ class GPT(PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = lm_loss(logits[:, :-1], labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1))
         return CausalLMOutputWithPast(loss=loss, logits=logits)
-
-    def num_flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token as AutoResearch/nanochat count them (Kaplan et al. 2020 + attention):
-        6 x (parameters - input embedding) + 12 x layers x width x sequence length."""
-        n = sum(p.numel() for p in self.parameters()) - self.wte.weight.numel()
-        return 6 * n + 12 * self.config.n_layer * self.config.n_embd * seq_len

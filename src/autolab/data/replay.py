@@ -1,0 +1,47 @@
+"""Replay mixing for continued pretraining: old-domain rows replace some new-domain rows.
+
+Each step of B rows holds k replay rows, chosen by error diffusion so that the replayed share of
+training tokens is within one row of `ratio` at every step and exact over the run (every row is
+seq_len tokens, none is padding, so rows measure tokens, not documents). Replay replaces new
+tokens; the tokens per step and the budget stay the same. Both streams have their own
+deterministic order from the seed, and the state is both positions plus the rows owed.
+(Replay against forgetting in continued pretraining: Ibrahim et al. 2024, arXiv 2403.08763.)
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import torch
+
+from autolab.data.packed import PackedRows
+from autolab.errors import UserError
+
+
+class ReplayMixture(torch.utils.data.IterableDataset):
+    def __init__(self, new: PackedRows, replay: PackedRows, ratio: float):
+        if not 0.0 <= ratio < 1.0:
+            raise UserError(f"replay.ratio={ratio} is outside [0, 1): 0 turns replay off, 0.05 is typical")
+        self.new, self.replay, self.ratio = new, replay, ratio
+        self.batch_size = new.batch_size
+        self._per_step = Fraction(str(ratio)) * self.batch_size  # exact: no float drift over a long run
+        self.steps = 0  # batches produced: the replay rows owed follow from it
+
+    def replay_rows(self, step: int) -> int:
+        """Rows of replay in batch `step`: floor(r*B*(step+1)) - floor(r*B*step)."""
+        return int(self._per_step * (step + 1)) - int(self._per_step * step)
+
+    def __iter__(self):
+        while True:
+            k = self.replay_rows(self.steps)
+            tokens = torch.cat([self.new.take(self.batch_size - k), self.replay.take(k)])
+            self.steps += 1
+            yield {"tokens": tokens, "replay_rows": k, "state": self.state_dict()}
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "new": self.new.state_dict(), "replay": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        self.new.load_state_dict(state["new"])
+        self.replay.load_state_dict(state["replay"])

@@ -1,0 +1,153 @@
+"""Continued pretraining end to end: any HF causal LM, re-warmed schedule, replay share, both
+domains measured before and after, the cached base experiment, bad input, kill-and-resume."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, run_train
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import wandb_records
+from autolab import report
+from autolab.schedules import lr_at
+
+CPT = [*TINY, "stage=cpt", "data=code", "trainer.max_steps=8", "schedule.warmup=0.5", "schedule.initial_lr=0",
+       "schedule.peak_lr=2e-3"]
+
+
+def test_cpt_of_an_hf_llama_with_its_own_tokenizer(tmp_path, cache, tiny_llama):
+    r = run_train([*CPT, f"init_from={tiny_llama}", "eval.curve_every=4"], tmp_path, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = report.parse_summary(r.stdout)
+    for key in ("val_bpb", "val_bpb_start", "val_bpb_delta", "replay_val_bpb", "replay_val_bpb_start",
+                "replay_val_bpb_delta"):
+        assert key in s and s[key] != "n/a"
+    assert float(s["val_bpb_delta"]) == pytest.approx(float(s["val_bpb"]) - float(s["val_bpb_start"]), abs=2e-6)
+    assert float(s["replay_share"]) == 1 / 32  # 0.05 x 4 rows x 8 steps = 1.6 -> 1 row of 32
+
+    run_file = next(Path(s["output_dir"]).glob("wandb/offline-run-*/run-*.wandb"))
+    history: dict[int, dict] = {}  # W&B rows merged by the step they were logged at
+    for h in wandb_records.history(run_file):
+        history.setdefault(h["trainer/global_step"], {}).update(h)
+    for step in (2, 4, 6, 8):  # the re-warmed schedule: progress restarts at 0 for this new run
+        assert history[step]["train/lr"] == pytest.approx(
+            lr_at((step - 1) / 8, peak_lr=2e-3, initial_lr=0.0, warmup=0.5, min_lr_ratio=0.1))
+        assert "train/replay_share" in history[step]
+    assert [step for step, h in sorted(history.items()) if "val/bpb" in h and "val/replay_bpb" in h] == [4, 8]
+
+    ckpt = Path(s["output_dir"]) / "checkpoint"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert len(AutoTokenizer.from_pretrained(ckpt)) == len(AutoTokenizer.from_pretrained(tiny_llama)) == 400
+
+
+def test_cpt_replay_experiment_starts_from_a_cached_base(tmp_path, cache):
+    args = [*CPT, "+experiment=cpt_replay", 'base_overrides=["trainer.max_steps=6","data.batch_size=4"]', "logger=none"]
+    args.remove("+experiment=quickstart")
+    r = run_train(args, tmp_path, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = report.read_ledger(tmp_path / "results.tsv")
+    assert [(row["experiment"], row["stage"]) for row in rows] == [("quickstart", "pretrain"), ("cpt_replay", "cpt")]
+    base_dir = Path(rows[0]["output_dir"])
+    assert base_dir.parent == cache / "experiments" and (base_dir / "checkpoint").exists()
+    # the prose model starts better on prose than on code, and replay_val_bpb_start is its prose score
+    assert rows[1]["replay_val_bpb_start"] == rows[0]["val_bpb"]
+
+    again = run_train(args, tmp_path, cache)  # a second job reuses the base instead of retraining it
+    assert again.returncode == 0 and "not cached yet" not in again.stdout
+    assert len(report.read_ledger(tmp_path / "results.tsv")) == 3
+
+
+@pytest.fixture
+def not_causal(tmp_path):
+    from transformers import ViTConfig
+
+    folder = tmp_path / "vit"
+    ViTConfig().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def mismatched(tmp_path, tiny_llama):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / "small_vocab"
+    shutil.copytree(tiny_llama, folder)
+    LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                 intermediate_size=64)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such folder"),
+    ("not_causal", "not a causal language model"),
+    ("mismatched", "its tokenizer has 400 tokens but the model's embedding only 100"),
+    ("ratio", "outside [0, 1)"),
+    ("no_replay_docs", "no prepared train data for domain 'nothing'"),
+    ("no_init", "continues from a model"),
+])
+def test_bad_input_is_one_line_before_any_training(case, message, tmp_path, cache, tiny_llama, request):
+    init = {"missing": "/no/such/model", "not_causal": None, "mismatched": None}.get(case, str(tiny_llama))
+    if case in ("not_causal", "mismatched"):
+        init = str(request.getfixturevalue(case))
+    extra = {"ratio": ["replay.ratio=1.0"], "no_replay_docs": ["replay.domain=nothing"]}.get(case, [])
+    args = [*CPT, "logger=none", *extra] + ([f"init_from={init}"] if case != "no_init" else [])
+    r = run_train(args, tmp_path, cache)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+    assert "step " not in r.stdout  # nothing was trained
+    assert report.read_ledger(tmp_path / "results.tsv")[-1]["status"] == "crash"
+
+
+def test_kill_and_resume_ends_with_the_same_weights_and_metrics(tmp_path, cache):
+    """SIGKILL mid-run, then `resume=<run dir>`: bit-identical final weights on the CPU."""
+    args = [*TINY, "trainer.max_steps=60", "trainer.log_every=5", "trainer.snapshot_every_steps=7",
+            "replay.ratio=0.3", "replay.domain=code"]  # a mixture, so both data positions must resume
+    straight = run_train([*args, "logger=none", f"hydra.run.dir={tmp_path}/straight"], tmp_path, cache)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={killed}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("step     25"):  # past the snapshot at step 21, before the one at 28
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "checkpoint").exists()
+
+    resumed = run_train([f"resume={killed}"], tmp_path, cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 21" in resumed.stdout
+    a = load_file(str(tmp_path / "straight" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(killed / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bit-identical
+    s1, s2 = report.parse_summary(straight.stdout), report.parse_summary(resumed.stdout)
+    for key in ("val_bpb", "num_steps", "total_tokens_M", "replay_share"):
+        assert s1[key] == s2[key]
+    ids = {p.name.rsplit("-", 1)[1] for p in (killed / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1  # the resumed run continued the same W&B run
+
+
+def test_replay_sweep_ends_with_a_table_and_a_plot(tmp_path, cache):
+    ledger = tmp_path / "results.tsv"
+    args = ["-m", *CPT, "+experiment=cpt_replay", "+sweeps=replay", "logger=none", "data.batch_size=10",
+            'base_overrides=["trainer.max_steps=6","data.batch_size=4"]', f"ledger={ledger}",
+            f"hydra.sweep.dir={tmp_path}/sweep"]
+    args.remove("+experiment=quickstart")
+    r = run_train(args, ROOT, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (tmp_path / "sweep" / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| replay.ratio | val_bpb_start |") and len(table) == 2 + 3
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| 0", "| 0.05", "| 0.3"]
+    assert [line.split(" | ")[7] for line in table[2:]] == ["0.000000", "0.050000", "0.300000"]  # replay_share, measured
+    assert (tmp_path / "sweep" / "summary.png").read_bytes()[:4] == b"\x89PNG"

@@ -118,12 +118,14 @@ def data_path(dataset, device, seconds: float = 3.0) -> float:
     """Tokens/s the data path delivers alone: batches built, pinned and copied to the device."""
     cuda = device.type == "cuda"
     it = iter(torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=cuda))
-    n, t0 = 0, time.perf_counter()
+    n, t0, seq_len = 0, time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
-        next(it)["tokens"].to(device, non_blocking=True)
+        tokens = next(it)["tokens"]
+        tokens.to(device, non_blocking=True)
+        seq_len = tokens.size(1) - 1
         n += 1
     sync(device)
-    return n * dataset.batch_size * (dataset.rows.size(1) - 1) / (time.perf_counter() - t0)
+    return n * dataset.batch_size * seq_len / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -131,7 +133,7 @@ def main() -> None:
 
     import prepare
     from autolab.callbacks import peak_flops
-    from autolab.data import PackedRows, token_stream
+    from autolab.data import PackedRows, build_training_data, token_stream
     from autolab.models import build_gpt, flops_per_token, load_pretrained
 
     p = argparse.ArgumentParser()
@@ -153,7 +155,7 @@ def main() -> None:
 
         def new_model():
             return build_gpt(cfg.model, tok.vocab_size)
-    dataset = PackedRows(token_stream(tok, cfg.data.domain), cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
+    dataset = build_training_data(cfg, tok, cfg.data.seq_len)  # with replay mixed in, as train.py does
     tokens = cfg.data.seq_len * cfg.data.batch_size
     results = {"bare": [], "lightning": []}
     for r in range(args.rounds):
@@ -176,6 +178,10 @@ def main() -> None:
         "seq_len": cfg.data.seq_len, "batch_size": cfg.data.batch_size, "steps": args.steps,
         "data_path_tokens_per_sec": data_path(dataset, device),
     }
+    if cfg.replay.ratio > 0:  # what the mixture costs the data path, against plain packed rows
+        plain = PackedRows(token_stream(tok, cfg.data.domain), cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
+        summary["data_path_plain_tokens_per_sec"] = data_path(plain, device)
+        summary["replay_ratio"] = cfg.replay.ratio
     for name, rates in results.items():
         summary[f"{name}_tokens_per_sec"] = statistics.median(rates)
         summary[f"{name}_all"] = rates

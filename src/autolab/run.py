@@ -75,6 +75,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
 
     from autolab.callbacks import Budget, Curves, Monitor, Snapshots, TimeBudget, peak_flops
     from autolab.checkpoint import save_checkpoint
+    from autolab.data import build_training_data
     from autolab.models import flops_per_token
     from autolab.stages import LMStage
 
@@ -88,7 +89,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
     seq_len, batch_size = cfg.data.seq_len, cfg.data.batch_size
     if seq_len > max_len:
         raise UserError(f"data.seq_len={seq_len} is longer than the model's {max_len} positions: lower it")
-    data = _training_data(cfg, tokenizer, seq_len)
+    data = build_training_data(cfg, tokenizer, seq_len)
     if restore:
         data.load_state_dict(restore["data"])
     model.to(device)
@@ -115,7 +116,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
 
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"model: {n_params / 1e6:.1f}M parameters | data: {cfg.data.domain}, {data.new.n_rows if hasattr(data, 'new') else data.n_rows} rows of "
+        f"model: {n_params / 1e6:.1f}M parameters | data: {cfg.data.domain}, {data.n_rows} rows of "
         f"{seq_len} tokens | replay: {cfg.replay.ratio:g} of {cfg.replay.domain} | {device.type} | output: {out}"
         + (f" | resuming at step {restore['step']}" if restore else ""), flush=True,
     )
@@ -229,22 +230,6 @@ def _experiment_checkpoint(source: str, cfg: DictConfig) -> str:
             if run(base, experiment=name) != 0:
                 raise UserError(f"the starting experiment {name} failed: see its summary above ({folder})")
     return str(folder / "checkpoint")
-
-
-def _training_data(cfg: DictConfig, tokenizer, seq_len: int):
-    """Packed rows of the training domain, with replay rows of the base domain mixed in."""
-    from autolab.data import PackedRows, ReplayMixture, token_stream
-
-    ratio = float(cfg.replay.ratio)
-    if not 0.0 <= ratio < 1.0:
-        raise UserError(f"replay.ratio={ratio} is outside [0, 1): 0 turns replay off, 0.05 is typical")
-    new = PackedRows(token_stream(tokenizer, cfg.data.domain), seq_len, cfg.data.batch_size, cfg.seed,
-                     name=f"domain {cfg.data.domain!r}")
-    if ratio == 0.0:
-        return new
-    replay = PackedRows(token_stream(tokenizer, cfg.replay.domain), seq_len, 1, cfg.seed + 1,
-                        name=f"replay domain {cfg.replay.domain!r}")
-    return ReplayMixture(new, replay, ratio)
 
 
 def _resumed_config(cfg: DictConfig) -> DictConfig:

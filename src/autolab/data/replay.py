@@ -18,23 +18,31 @@ from autolab.data.packed import PackedRows
 from autolab.errors import UserError
 
 
+def check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"replay.ratio={ratio} is outside [0, 1): 0 turns replay off, 0.05 is typical")
+
+
 class ReplayMixture(torch.utils.data.IterableDataset):
     def __init__(self, new: PackedRows, replay: PackedRows, ratio: float):
-        if not 0.0 <= ratio < 1.0:
-            raise UserError(f"replay.ratio={ratio} is outside [0, 1): 0 turns replay off, 0.05 is typical")
+        check_ratio(ratio)
+        self.n_rows = new.n_rows
         self.new, self.replay, self.ratio = new, replay, ratio
         self.batch_size = new.batch_size
-        self._per_step = Fraction(str(ratio)) * self.batch_size  # exact: no float drift over a long run
+        per_step = Fraction(str(ratio)) * self.batch_size  # exact: no float drift over a long run
+        self._num, self._den = per_step.numerator, per_step.denominator
         self.steps = 0  # batches produced: the replay rows owed follow from it
 
     def replay_rows(self, step: int) -> int:
         """Rows of replay in batch `step`: floor(r*B*(step+1)) - floor(r*B*step)."""
-        return int(self._per_step * (step + 1)) - int(self._per_step * step)
+        return (self._num * (step + 1)) // self._den - (self._num * step) // self._den
 
     def __iter__(self):
+        B = self.batch_size
         while True:
             k = self.replay_rows(self.steps)
-            tokens = torch.cat([self.new.take(self.batch_size - k), self.replay.take(k)])
+            rows = self.new.windows(self.new.take_indices(B - k)) + self.replay.windows(self.replay.take_indices(k))
+            tokens = torch.stack(rows)  # one copy of both sources' rows
             self.steps += 1
             yield {"tokens": tokens, "replay_rows": k, "state": self.state_dict()}
 

@@ -8,6 +8,10 @@ code, both taken from the Python standard library that every install has), train
     python prepare.py --dataset karpathy/climbmix-400b-shuffle --name web --max-docs 200000
     python prepare.py --dataset ./my_docs.jsonl --name mydocs   # local JSONL / Parquet works the same
 
+Besides the two text domains it writes an embedded preference set (`preferences`: prompt, chosen,
+rejected, kind; the rejected answers show behaviours alignment trains away) and a `chat` domain of
+its training pairs as plain text, for a supervised warm start before DPO.
+
 Everything lands in the cache folder ($AUTOLAB_CACHE, default ~/.cache/autolab):
     data/<domain>/{train,val}-NNNNN.parquet   one `id` and one `text` column, one row per document
     data/<domain>/manifest.json               document and byte counts, content hash of each split
@@ -49,6 +53,9 @@ SPECIAL_TOKENS = (  # the first one starts every document; the rest are the chat
     "<|assistant_start|>",
     "<|assistant_end|>",
 )
+PREFERENCES = "preferences"  # the embedded preference set's folder under data/
+CHAT = "chat"  # its training pairs as text documents: "prompt\nresponse"
+REJECTED_PREAMBLES = ("Sure! Here's", "Great question!", "Absolutely! Here is")  # sycophancy markers
 SHARD_BYTES = 64 * 2**20  # text per Parquet shard
 TOKENIZER_TRAIN_BYTES = 32 * 2**20  # text per domain fed to the tokenizer trainer, at most
 
@@ -170,6 +177,64 @@ def hub_documents(
 
 
 # ---------------------------------------------------------------------------------------------
+# The embedded preference set: (prompt, chosen, rejected) built from the prose corpus.
+
+_VERBOSE = (
+    " Basically, to put it another way, this is really very important, and it is worth saying again.",
+    " In other words, as was already said above, this matters a great deal, and you should know it.",
+)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def _rejected(chosen: str, kind: str, h: int) -> str:
+    if kind == "sycophantic":
+        return f"{REJECTED_PREAMBLES[h % len(REJECTED_PREAMBLES)]} what you asked for: {chosen}"
+    if kind == "verbose":
+        return chosen + _VERBOSE[h % len(_VERBOSE)]
+    rude = chosen.replace(" the ", " the stupid ", 1) if " the " in chosen else "Obviously, " + chosen
+    return rude[:-1] + ", every single time." if rude.endswith(".") else rude + ", every single time."
+
+
+def preference_examples() -> Iterator[tuple[str, dict]]:
+    """One pair per prose paragraph of two or more sentences: the prompt is its first sentence, the
+    chosen answer the next one as written, the rejected answer the same with one unwanted behaviour
+    (sycophantic preamble, verbose padding, or rude intensifiers), chosen by a hash of the pair's id."""
+    kinds = ("sycophantic", "verbose", "rude")
+    for doc_id, text in embedded_documents("prose"):
+        for p, paragraph in enumerate(text.split("\n\n")):
+            sentences = _SENTENCE.split(" ".join(paragraph.split()))
+            if len(sentences) < 2 or not all(20 <= len(x) <= 240 for x in sentences[:2]):
+                continue
+            pair_id = f"{doc_id}#{p}"
+            h = int.from_bytes(hashlib.sha256(pair_id.encode()).digest()[:4], "little")
+            kind = kinds[h % 3]
+            prompt, chosen = sentences[0] + "\n", sentences[1]
+            yield pair_id, {"prompt": prompt, "chosen": chosen, "rejected": _rejected(chosen, kind, h // 3), "kind": kind}
+
+
+def write_preferences() -> dict:
+    """The preference set and the `chat` text domain, split by a hash of the prompt's text, so a
+    held-out prompt (the same sentence recurs across modules) never reaches `chat`/train."""
+    pairs = list(preference_examples())
+    prompts = {pair_id: ex["prompt"] for pair_id, ex in pairs}
+    docs = [(f"{i}/chosen", ex["prompt"] + ex["chosen"]) for i, ex in pairs]
+    docs += [(f"{i}/rejected", ex["prompt"] + ex["rejected"]) for i, ex in pairs]
+    return {
+        "chat": write_domain(CHAT, docs, split_key=lambda doc_id: prompts[doc_id.rsplit("/", 1)[0]]),
+        "preferences": write_domain(PREFERENCES, pairs, split_key=prompts.__getitem__),
+    }
+
+
+def load_preferences(split: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    shards = sorted(data_dir(PREFERENCES).glob(f"{split}-*.parquet"))
+    if not shards:
+        raise PrepareError(f"no prepared preference pairs in {data_dir(PREFERENCES)}: run `python prepare.py`")
+    return [row for shard in shards for row in pq.read_table(shard).to_pylist()]
+
+
+# ---------------------------------------------------------------------------------------------
 # Shards: Parquet with a `text` column, split into train/val by a hash of the document id.
 
 
@@ -178,8 +243,10 @@ def split_of(doc_id: str) -> str:
     return "val" if h % 1000 < VAL_PER_MILLE else "train"
 
 
-def write_domain(domain: str, documents: Iterable[tuple[str, str]]) -> dict:
-    """Write a domain's shards atomically (a temporary folder, then a rename) and its manifest."""
+def write_domain(domain: str, documents: Iterable[tuple[str, str | dict]], split_key=None) -> dict:
+    """Write a domain's shards atomically (a temporary folder, then a rename) and its manifest.
+    Documents are texts (a `text` column) or records of string fields (one column each); the split
+    follows a hash of `split_key(id)` (default: the id itself)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -189,30 +256,31 @@ def write_domain(domain: str, documents: Iterable[tuple[str, str]]) -> dict:
         _rmtree(tmp)
     tmp.mkdir(parents=True)
     manifest = {"domain": domain, "splits": {}}
-    buffers = {"train": ([], []), "val": ([], [])}
+    buffers = {"train": ([], []), "val": ([], [])}  # ids, records
     counts = {s: {"documents": 0, "bytes": 0, "shards": 0, "sha256": hashlib.sha256()} for s in buffers}
 
     def flush(split: str) -> None:
-        ids, texts = buffers[split]
+        ids, records = buffers[split]
         if not ids:
             return
         c = counts[split]
-        table = pa.table({"id": ids, "text": texts})
+        table = pa.table({"id": ids, **{k: [r[k] for r in records] for k in records[0]}})
         pq.write_table(table, tmp / f"{split}-{c['shards']:05d}.parquet")
         c["shards"] += 1
         ids.clear()
-        texts.clear()
+        records.clear()
 
     pending = {"train": 0, "val": 0}
-    for doc_id, text in documents:
-        split = split_of(doc_id)
-        data = text.encode("utf-8")
+    for doc_id, doc in documents:
+        record = doc if isinstance(doc, dict) else {"text": doc}
+        split = split_of(split_key(doc_id) if split_key else doc_id)
+        data = "\x00".join(record.values()).encode("utf-8")
         c = counts[split]
         c["documents"] += 1
         c["bytes"] += len(data)
         c["sha256"].update(hashlib.sha256(data).digest())
         buffers[split][0].append(doc_id)
-        buffers[split][1].append(text)
+        buffers[split][1].append(record)
         pending[split] += len(data)
         if pending[split] >= SHARD_BYTES:
             flush(split)
@@ -459,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         for domain in DOMAINS:
             m = write_domain(domain, embedded_documents(domain))
             _report(domain, m)
+        for name, m in write_preferences().items():
+            _report(name, m)
         if args.dataset:
             name = args.name or re.sub(r"[^a-z0-9]+", "_", Path(args.dataset).stem.lower()).strip("_")
             docs = hub_documents(

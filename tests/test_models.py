@@ -45,3 +45,15 @@ def test_hf_labels_loss_matches_shifted_cross_entropy():
     out = model(input_ids=x, labels=x)
     manual = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 100), x[:, 1:].reshape(-1))
     assert torch.allclose(out.loss, manual)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    model = tiny_gpt(vocab=100)
+    x = torch.randint(0, 100, (2, 16))
+    model(input_ids=x, labels=x).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    model(input_ids=x, labels=x).loss.backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(plain, model.parameters()))

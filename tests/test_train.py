@@ -9,6 +9,7 @@ import torch
 from conftest import TINY, run_train
 from transformers import AutoModelForCausalLM
 
+import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes, as the README shows
 import wandb_records
 from autolab import report
 

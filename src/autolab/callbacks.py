@@ -95,13 +95,14 @@ class Monitor(L.Callback):
         self,
         budget: Budget,
         every: int,
-        tokens_per_step: int,
-        flops_per_token: float,
+        per_step: int,
+        flops_per_unit: float | None,
         peak: float | None,
         max_loss_ratio: float = 2.0,
+        unit: str = "tokens",
     ):
-        self.budget, self.every = budget, every
-        self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak
+        self.budget, self.every, self.unit = budget, every, unit
+        self.per_step, self.flops_per_unit, self.peak = per_step, flops_per_unit, peak
         self.max_loss_ratio = max_loss_ratio
         self.reference_loss: float | None = None
         self.last: dict = {}
@@ -145,10 +146,10 @@ class Monitor(L.Callback):
         self._mark = (timed, self.budget.training_seconds)
         if steps <= 0 or seconds <= 0:
             return {}
-        tok_s = steps * self.tokens_per_step / seconds
-        out = {"perf/tokens_per_sec": tok_s}
-        if self.peak:
-            out["perf/mfu_percent"] = 100 * tok_s * self.flops_per_token / self.peak
+        rate = steps * self.per_step / seconds
+        out = {f"perf/{self.unit}_per_sec": rate}
+        if self.peak and self.flops_per_unit:
+            out["perf/mfu_percent"] = 100 * rate * self.flops_per_unit / self.peak
         return out
 
     def _print(self, m: dict, final: bool) -> None:
@@ -157,7 +158,7 @@ class Monitor(L.Callback):
         mfu = f"mfu {m['perf/mfu_percent']:.1f}% | " if "perf/mfu_percent" in m else ""
         line = (
             f"step {b.steps:6d} | loss {m['train/loss']:.4f} | lr {m['train/lr']:.2e} | "
-            f"{m.get('perf/tokens_per_sec', 0):9,.0f} tok/s | {mfu}"
+            f"{m.get(f'perf/{self.unit}_per_sec', 0):9,.0f} {'tok' if self.unit == 'tokens' else self.unit}/s | {mfu}"
             f"{b.training_seconds:6.1f}s of {total} ({b.progress():4.0%})"
         )
         if self._tty:  # one line that updates in place; a log file gets plain lines instead

@@ -37,24 +37,32 @@ LEDGER_COLUMNS = (
     "replay_val_bpb_start",
     "replay_val_bpb_delta",
     "replay_share",
+    "reward_accuracy",  # DPO: on the held-out pairs
+    "reward_margin",
+    "preamble_share_start",
+    "preamble_share",
+    "preamble_share_delta",
+    "pairs",
+    "dropped_pairs",
     "status",
     "description",
     "output_dir",
 )
 
 
-def _fmt(value, key: str = "") -> str:
+def format_value(value, key: str = "") -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.6f}" if "bpb" in key or "share" in key else f"{value:.2f}"
+        precise = ("bpb", "share", "reward", "accuracy")  # metrics people compare in the 3rd decimal
+        return f"{value:.6f}" if any(p in key for p in precise) else f"{value:.2f}"
     return str(value)
 
 
 def format_summary(metrics: dict) -> str:
     order = {k: i for i, k in enumerate((*SUMMARY_KEYS, *LEDGER_COLUMNS))}
     keys = sorted(metrics, key=lambda k: order.get(k, len(order)))  # unknown keys last, as given
-    return "\n".join(["---", *(f"{k}: {_fmt(metrics[k], k)}" for k in keys)])
+    return "\n".join(["---", *(f"{k}: {format_value(metrics[k], k)}" for k in keys)])
 
 
 def parse_summary(text: str) -> dict[str, str]:
@@ -79,7 +87,7 @@ def git_state(cwd: Path | None = None) -> tuple[str, str]:
 
 
 def _cell(value, key: str) -> str:
-    return " ".join(_fmt(value, key).split())  # no tab or newline can break a row
+    return " ".join(format_value(value, key).split())  # no tab or newline can break a row
 
 
 def append_row(path: Path | str, row: dict) -> None:

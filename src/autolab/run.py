@@ -15,11 +15,14 @@ Starting points, kept apart:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,11 +33,27 @@ from autolab import report, resume
 from autolab.errors import DivergenceError, UserError
 
 
+_CHAIN: list[tuple[str, Path]] = []  # (experiment, output dir) of each experiment:NAME base this process used
+
+
 def main(cfg: DictConfig) -> int:
     code = run(cfg, experiment=_experiment_name())
+    if _CHAIN:  # a pipeline: every stage it stands on, then this one
+        _print_chain([*_CHAIN, (_experiment_name(), Path(cfg.get("resume") or cfg.output_dir))])
     if code and not _in_multirun():
         sys.exit(code)
     return code
+
+
+def _print_chain(chain: list[tuple[str, Path]]) -> None:
+    keys = ("val_bpb", "replay_val_bpb", "reward_accuracy", "reward_margin", "preamble_share", "num_steps", "status")
+    print("\npipeline:")
+    print("| experiment | stage | " + " | ".join(keys) + " |")
+    print("|" + " --- |" * (len(keys) + 2))
+    for name, folder in chain:
+        path = Path(folder) / "summary.json"
+        m = json.loads(path.read_text()) if path.exists() else {}
+        print(f"| {name} | {m.get('stage', '?')} | " + " | ".join(report.format_value(m.get(k), k) for k in keys) + " |")
 
 
 def run(cfg: DictConfig, experiment: str = "") -> int:
@@ -66,8 +85,23 @@ def run(cfg: DictConfig, experiment: str = "") -> int:
             **metrics, "commit": commit, "dirty": dirty, "stage": cfg.stage.name,
             "experiment": experiment, "description": cfg.description,
         })
+        if out.exists():
+            (out / "summary.json").write_text(json.dumps({**metrics, "stage": cfg.stage.name, "experiment": experiment}, indent=2) + "\n")
         print(report.format_summary(metrics), flush=True)  # last, so `tail` shows it whole
     return code
+
+
+@dataclass
+class StageParts:
+    """What a stage brings to the common loop."""
+
+    data: torch.utils.data.IterableDataset
+    module: "L.LightningModule"  # noqa: F821
+    unit: str  # what a step consumes: "tokens" or "pairs"
+    per_step: int  # units per step
+    flops_per_unit: float | None  # for MFU; None where it is not counted
+    measures: dict = field(default_factory=dict)  # name -> fn(model): measured before (from a checkpoint) and after
+    finals: Callable[[], dict] = dict  # measured once, after training
 
 
 def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
@@ -75,25 +109,18 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
 
     from autolab.callbacks import Budget, Curves, Monitor, Snapshots, TimeBudget, peak_flops
     from autolab.checkpoint import save_checkpoint
-    from autolab.data import build_training_data
-    from autolab.models import flops_per_token
-    from autolab.stages import LMStage
 
     _quiet_libraries()
     device = _device(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, tokenizer = _initial_model(cfg)
+    if cfg.trainer.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = _maybe_lora(cfg, model)
     snapshot = resume.find(out)
     restore = resume.load(snapshot, model) if snapshot else None
     max_len = getattr(model.config, "max_position_embeddings", None) or prepare.MAX_SEQ_LEN
-    seq_len, batch_size = cfg.data.seq_len, cfg.data.batch_size
-    if seq_len > max_len:
-        raise UserError(f"data.seq_len={seq_len} is longer than the model's {max_len} positions: lower it")
-    data = build_training_data(cfg, tokenizer, seq_len)
-    if restore:
-        data.load_state_dict(restore["data"])
     model.to(device)
-
     eval_len = min(prepare.MAX_SEQ_LEN, max_len)
 
     def bpb(domain: str, max_bytes: int = prepare.EVAL_BYTES):
@@ -105,42 +132,44 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
     domains = {"val_bpb": cfg.data.domain}
     if cfg.stage.measure_forgetting:
         domains["replay_val_bpb"] = cfg.replay.domain
-    final_evals = {name: bpb(domain) for name, domain in domains.items()}
+    t = cfg.trainer
+    budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
+    compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
+    common = dict(optim=cfg.optim, schedule=cfg.schedule, budget=budget, grad_clip=t.grad_clip, restore=restore)
+    build = _dpo_parts if cfg.stage.name == "dpo" else _lm_parts
+    parts = build(cfg, model, tokenizer, device, max_len, compiled, common)
+    measures = {**{name: bpb(domain) for name, domain in domains.items()}, **parts.measures}
     if restore:
+        parts.data.load_state_dict(restore["data"])
+        parts.module.load_snapshot_state(restore["stage"])
         start = restore["start"]
     elif cfg.init_from:  # where the starting checkpoint stands, before any training
-        print("evaluating the starting checkpoint ...", flush=True)
-        start = {f"{name}_start": fn(model) for name, fn in final_evals.items()}
+        print("measuring the starting checkpoint ...", flush=True)
+        start = {f"{name}_start": fn(model) for name, fn in measures.items()}
     else:
         start = {}
 
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"model: {n_params / 1e6:.1f}M parameters | data: {cfg.data.domain}, {data.n_rows} rows of "
-        f"{seq_len} tokens | replay: {cfg.replay.ratio:g} of {cfg.replay.domain} | {device.type} | output: {out}"
-        + (f" | resuming at step {restore['step']}" if restore else ""), flush=True,
+        f"model: {n_params / 1e6:.1f}M parameters | {cfg.stage.name} on {cfg.data.domain if cfg.stage.name != 'dpo' else cfg.dpo.dataset}, "
+        f"{parts.data.n_rows} {'rows' if parts.unit == 'tokens' else 'pairs'} | replay: {cfg.replay.ratio:g} of "
+        f"{cfg.replay.domain} | {device.type} | output: {out}" + (f" | resuming at step {restore['step']}" if restore else ""),
+        flush=True,
     )
-
-    t = cfg.trainer
-    budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
     if restore:
         budget.load_state_dict(restore["budget"])
     timer = TimeBudget(budget)
-    monitor = Monitor(budget, t.log_every, seq_len * batch_size, flops_per_token(model, seq_len),
-                      peak_flops(device), t.max_loss_ratio)
+    monitor = Monitor(budget, t.log_every, parts.per_step, parts.flops_per_unit, peak_flops(device),
+                      t.max_loss_ratio, unit=parts.unit)
     if restore:
         monitor.load_state_dict(restore["monitor"])
-    compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
-    stage = LMStage(model, cfg.optim, cfg.schedule, budget, t.grad_clip, compile=compiled, restore=restore)
-    if restore:
-        stage.rows, stage.replay_rows = restore["rows"], restore["replay_rows"]
     logger = _build_logger(cfg, wandb_id=restore["wandb_id"] if restore else None)
     wandb_id = logger.experiment.id if logger is not None else None
     curves = {"val/" + name.replace("val_bpb", "bpb"): bpb(domain, cfg.eval.curve_bytes)  # val/bpb, val/replay_bpb
               for name, domain in domains.items()}
     snapshots = Snapshots(
         out, timer, monitor, t.snapshot_every_steps, t.snapshot_every_minutes,
-        extra=lambda: {"start": start, "wandb_id": wandb_id, "rows": stage.rows, "replay_rows": stage.replay_rows},
+        extra=lambda: {"start": start, "wandb_id": wandb_id, "stage": parts.module.snapshot_state()},
     )
     trainer = L.Trainer(
         accelerator=device.type, devices=1,
@@ -152,29 +181,113 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model.train()  # from_pretrained and the evaluation above leave it in eval mode
+    model.train()  # from_pretrained and the measurements above leave it in eval mode
     if not budget.done():
-        loader = torch.utils.data.DataLoader(data, batch_size=None, pin_memory=device.type == "cuda")
-        trainer.fit(stage, train_dataloaders=loader)
+        loader = torch.utils.data.DataLoader(parts.data, batch_size=None, pin_memory=device.type == "cuda")
+        trainer.fit(parts.module, train_dataloaders=loader)
     model.to(device)  # Lightning hands the module back on the CPU after fit
 
-    metrics.update({name: fn(model) for name, fn in final_evals.items()})
+    after = {name: fn(model) for name, fn in measures.items()}
     metrics.update(
         training_seconds=budget.training_seconds,
         peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0,
-        mfu_percent=_mean_mfu(budget, model, seq_len, batch_size, device),
-        total_tokens_M=budget.steps * seq_len * batch_size / 1e6,
+        mfu_percent=_mean_mfu(budget, parts, device),
+        total_tokens_M=budget.steps * parts.per_step / 1e6 if parts.unit == "tokens" else None,
         num_steps=budget.steps,
         num_params_M=n_params / 1e6,
     )
-    for name in final_evals:
+    for name, value in after.items():
+        metrics[name] = value
         if f"{name}_start" in start:
             metrics[f"{name}_start"] = start[f"{name}_start"]
-            metrics[f"{name}_delta"] = metrics[name] - start[f"{name}_start"]
-    if cfg.replay.ratio > 0 or cfg.stage.measure_forgetting:
-        metrics["replay_share"] = stage.replay_rows / max(stage.rows, 1)
-    save_checkpoint(model, tokenizer, out / "checkpoint")
+            metrics[f"{name}_delta"] = value - start[f"{name}_start"]
+    metrics.update(parts.finals())
+    save_checkpoint(_merged(model), tokenizer, out / "checkpoint")
     return logger
+
+
+def _lm_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> StageParts:
+    from autolab.data import build_training_data
+    from autolab.models import flops_per_token
+    from autolab.stages import LMStage
+
+    seq_len, batch_size = cfg.data.seq_len, cfg.data.batch_size
+    if seq_len > max_len:
+        raise UserError(f"data.seq_len={seq_len} is longer than the model's {max_len} positions: lower it")
+    data = build_training_data(cfg, tokenizer, seq_len)
+    module = LMStage(model, compile=compiled, **common)
+
+    def finals() -> dict:  # the measured share of replayed tokens over the whole run
+        if cfg.replay.ratio > 0 or cfg.stage.measure_forgetting:
+            return {"replay_share": module.replay_rows / max(module.rows, 1)}
+        return {}
+
+    return StageParts(data, module, "tokens", seq_len * batch_size, flops_per_token(model, seq_len), finals=finals)
+
+
+def _dpo_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> StageParts:
+    import copy
+
+    from autolab.data.preference import PreferenceBatches, load_rows, tokenize_pairs
+    from autolab.stages.dpo import REFERENCES, DPOStage, cached_reference, held_out_rewards, preamble_share
+
+    d = cfg.dpo
+    if d.reference not in REFERENCES:
+        raise UserError(f"dpo.reference={d.reference!r}: use one of {REFERENCES}")
+    if d.max_length > max_len:
+        raise UserError(f"dpo.max_length={d.max_length} is longer than the model's {max_len} positions: lower it")
+    train_rows, eval_rows = load_rows(d, "train"), load_rows(d, "eval")
+    train, held_out = tokenize_pairs(train_rows, tokenizer, d), tokenize_pairs(eval_rows, tokenizer, d)
+    for why, n in sorted((train.dropped + held_out.dropped).items()):
+        print(f"dropped {n} pairs: {why}", flush=True)
+    lora = d.lora.r > 0
+    reference = None
+    if d.reference == "frozen" and not lora:  # a frozen copy of the starting weights
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if device.type == "cuda":
+            reference.to(torch.bfloat16)  # it only runs forward, under autocast: half the memory
+    module = DPOStage(model, dpo=d, reference=reference, compile=compiled, **common)
+    ref_train = ref_held_out = None
+    if d.reference == "precomputed":
+        key = f"{cfg.init_from}|{_weights_identity(cfg)}|{device.type}|{d.max_length}"
+        ref_train = cached_reference(module, train, d.eval_batch_size, device, key + "|train")
+        ref_held_out = cached_reference(module, held_out, d.eval_batch_size, device, key + "|held_out")
+    data = PreferenceBatches(train, d.batch_size, cfg.seed, ref_train)
+    prompts = [row.get(d.columns.get("prompt", "prompt") if d.get("columns") else "prompt") for row in eval_rows]
+    prompts = [p for p in prompts if isinstance(p, str)][: d.behaviour_prompts]
+    measures = {}
+    if prompts:
+        measures["preamble_share"] = lambda m: preamble_share(m, tokenizer, prompts, d.behaviour_tokens, cfg.seed, device)
+
+    def finals() -> dict:
+        out = held_out_rewards(module, held_out, ref_held_out, d.eval_batch_size, device)
+        return {**out, "pairs": len(train), "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
+
+    return StageParts(data, module, "pairs", d.batch_size, None, measures=measures, finals=finals)
+
+
+def _maybe_lora(cfg: DictConfig, model):
+    """Wrap the model with a LoRA adapter (peft) when dpo.lora.r > 0."""
+    if cfg.stage.name != "dpo" or cfg.dpo.lora.r <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.dpo.lora
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=lora.target_modules))
+
+
+def _merged(model):
+    """A LoRA model merged into its base, so the checkpoint loads as a plain causal LM."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def _weights_identity(cfg: DictConfig) -> str:
+    """Size and mtime of the starting weights: part of the precomputed-reference cache key."""
+    path = Path(_experiment_checkpoint(str(cfg.init_from), cfg)) if cfg.init_from else None
+    if path is None or not path.exists():
+        return str(cfg.init_from)
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.glob("*.safetensors")))
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -214,8 +327,10 @@ def _experiment_checkpoint(source: str, cfg: DictConfig) -> str:
     name = source.split(":", 1)[1]
     if not GlobalHydra.instance().is_initialized():
         raise UserError(f"init_from={source} needs Hydra: run it through train.py")
-    overrides = [f"+experiment={name}", *cfg.get("base_overrides", [])]
-    base = compose("train", overrides=[*overrides, "output_dir=unset"])
+    inherited = list(cfg.get("base_overrides", []))  # apply to every base down the chain
+    base = compose("train", overrides=[f"+experiment={name}", *inherited, "output_dir=unset"])
+    with open_dict(base):
+        base.base_overrides = inherited
     keyed = OmegaConf.to_container(base, resolve=False)
     for key in ("output_dir", "ledger", "description", "logger"):
         keyed.pop(key, None)
@@ -229,6 +344,8 @@ def _experiment_checkpoint(source: str, cfg: DictConfig) -> str:
                 base.output_dir, base.ledger = str(folder), cfg.ledger
             if run(base, experiment=name) != 0:
                 raise UserError(f"the starting experiment {name} failed: see its summary above ({folder})")
+    if (name, folder) not in _CHAIN:
+        _CHAIN.append((name, folder))
     return str(folder / "checkpoint")
 
 
@@ -246,15 +363,13 @@ def _resumed_config(cfg: DictConfig) -> DictConfig:
     return old
 
 
-def _mean_mfu(budget, model, seq_len: int, batch_size: int, device) -> float | None:
+def _mean_mfu(budget, parts: StageParts, device) -> float | None:
     from autolab.callbacks import peak_flops
-    from autolab.models import flops_per_token
 
     peak, timed = peak_flops(device), budget.steps - budget.untimed_steps
-    if not peak or timed <= 0 or budget.training_seconds <= 0:
+    if not peak or not parts.flops_per_unit or timed <= 0 or budget.training_seconds <= 0:
         return None
-    tok_s = timed * seq_len * batch_size / budget.training_seconds
-    return 100 * tok_s * flops_per_token(model, seq_len) / peak
+    return 100 * timed * parts.per_step / budget.training_seconds * parts.flops_per_unit / peak
 
 
 def _build_logger(cfg: DictConfig, wandb_id: str | None = None):

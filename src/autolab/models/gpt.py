@@ -80,12 +80,14 @@ class GPT(PreTrainedModel, GenerationMixin):
     base_model_prefix = "gpt"
     _no_split_modules = ["Block"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True  # gradient_checkpointing_enable() recomputes each block
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -124,7 +126,10 @@ class GPT(PreTrainedModel, GenerationMixin):
         cos, sin = self.rotary_tables(T, input_ids.device)
         x = self.wte(input_ids)
         for block in self.blocks:
-            x = block(x, cos, sin)
+            if self.gradient_checkpointing and self.training:  # activations recomputed in backward
+                x = self._gradient_checkpointing_func(block.__call__, x, cos, sin)
+            else:
+                x = block(x, cos, sin)
         logits = self.lm_head(rms_norm(x))
         loss = None
         if labels is not None:

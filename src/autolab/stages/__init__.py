@@ -1,5 +1,6 @@
-"""Stages: thin LightningModules that call an objective and report what the monitor logs."""
+"""Stages: thin LightningModules that call an objective and step the optimisers."""
 
+from autolab.stages.dpo import DPOStage
 from autolab.stages.lm import LMStage
 
-__all__ = ["LMStage"]
+__all__ = ["DPOStage", "LMStage"]

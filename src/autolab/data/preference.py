@@ -1,0 +1,206 @@
+"""Preference pairs for DPO: load, normalise the formats TRL accepts, tokenize, truncate, batch.
+
+Sources (`dpo.dataset`): `embedded` (prepare.py's set), a local .jsonl/.json/.parquet file or
+folder, or a Hugging Face dataset id (through `datasets`). Formats, as in TRL: standard
+(`prompt`, `chosen`, `rejected` strings), implicit prompt (`chosen`/`rejected` only, sharing a
+prefix: trl.data_utils.extract_prompt), conversational (lists of messages, rendered with the
+tokenizer's chat template; ours has a simple one of its own). `dpo.columns` maps other names
+(e.g. system/input/chosen/rejected of argilla/distilabel-intel-orca-dpo-pairs).
+
+Truncation keeps the prompt's end (to `max_prompt_length`, when set) and each response's start
+(to what is left of `max_length`). Bad rows are dropped and counted, never a crash, never silent:
+a missing field, empty text, chosen identical to rejected, a prompt with no room left for a response.
+
+Batches: `input_ids` [2B, T] (the B chosen sequences, then the B rejected ones, right-padded: with
+causal attention no real token sees padding), `response_mask` [2B, T], `response_lengths` [2B],
+optional precomputed reference log-probs, and `state` (the position after this batch).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import prepare
+from autolab.errors import UserError
+
+FIELDS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class Pairs:
+    """Tokenized pairs and what was dropped on the way."""
+
+    prompt: list[list[int]] = field(default_factory=list)
+    chosen: list[list[int]] = field(default_factory=list)
+    rejected: list[list[int]] = field(default_factory=list)
+    dropped: collections.Counter = field(default_factory=collections.Counter)
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+
+def load_rows(cfg, split: str) -> list[dict]:
+    """Raw rows of one split ("train" or "eval") from the configured source."""
+    source = str(cfg.dataset)
+    if source == "embedded":
+        return prepare.load_preferences("train" if split == "train" else "val")
+    import datasets
+
+    name = cfg.train_split if split == "train" else cfg.eval_split
+    path = Path(source).expanduser()
+    try:
+        if path.exists():
+            files = sorted(path.rglob("*")) if path.is_dir() else [path]
+            files = [str(f) for f in files if f.suffix in (".jsonl", ".json", ".parquet")]
+            if not files:
+                raise UserError(f"dpo.dataset={source} holds no .jsonl, .json or .parquet files")
+            builder = "parquet" if files[0].endswith(".parquet") else "json"
+            ds = datasets.load_dataset(builder, data_files={"rows": files}, split="rows")
+        else:
+            ds = datasets.load_dataset(source, split=name)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise UserError(f"dpo.dataset={source} (split {name}) could not be loaded: {str(e).splitlines()[0][:200]}") from None
+    rows = list(ds)
+    if path.exists() or name is None:  # one file or no named split: hold out by a hash of the row
+        held_out = [r for i, r in enumerate(rows) if prepare.split_of(f"{source}/{i}") == "val"]
+        kept = [r for i, r in enumerate(rows) if prepare.split_of(f"{source}/{i}") != "val"]
+        rows = kept if split == "train" else held_out
+    return rows
+
+
+class _Drop(Exception):
+    pass
+
+
+def _encoder(tokenizer):
+    """(encode text, encode text with special tokens, bos id) for our tokenizer or an HF one."""
+    if isinstance(tokenizer, prepare.Tokenizer):
+        specials = set(tokenizer.special)
+        return tokenizer.encode, (lambda t: tokenizer.enc.encode(t, allowed_special=specials)), tokenizer.bos_id
+    plain = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return plain, plain, bos
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """autolab's chat template, in its special tokens: <|user_start|>...<|user_end|><|assistant_start|>...<|assistant_end|>."""
+    out = []
+    for m in messages:
+        if m["role"] == "assistant":
+            out.append(f"<|assistant_start|>{m['content']}<|assistant_end|>")
+        else:  # system and user turns are both given as user text
+            out.append(f"<|user_start|>{m['content']}<|user_end|>")
+    return "".join(out) + ("<|assistant_start|>" if add_generation_prompt else "")
+
+
+def _as_text(example: dict, tokenizer) -> tuple[str, str, str, bool]:
+    """(prompt, chosen, rejected, uses special tokens) of one normalised example."""
+    from trl.data_utils import is_conversational, maybe_apply_chat_template
+
+    if is_conversational(example):
+        if isinstance(tokenizer, prepare.Tokenizer):  # the prompt opens the assistant turn; completions close it
+            prompt = render_chat(example["prompt"], add_generation_prompt=True)
+            completion = lambda messages: render_chat(messages).removeprefix("<|assistant_start|>")  # noqa: E731
+            return prompt, completion(example["chosen"]), completion(example["rejected"]), True
+        out = maybe_apply_chat_template(example, tokenizer)
+        return out["prompt"], out["chosen"], out["rejected"], True
+    return example["prompt"], example["chosen"], example["rejected"], False
+
+
+def _normalise(row: dict, columns: dict) -> dict:
+    from trl.data_utils import extract_prompt
+
+    example = {f: row.get(columns.get(f, f)) for f in FIELDS}
+    system = row.get(columns["system"]) if columns.get("system") else None
+    if example["chosen"] is None or example["rejected"] is None:
+        raise _Drop("missing_field")
+    if example["prompt"] is None:  # implicit prompt: the shared prefix of chosen and rejected
+        example = {**example, **extract_prompt({"chosen": example["chosen"], "rejected": example["rejected"]})}
+    if system:
+        if isinstance(example["prompt"], list):
+            example["prompt"] = [{"role": "system", "content": system}, *example["prompt"]]
+        else:
+            example["prompt"] = f"{system}\n{example['prompt']}"
+    return example
+
+
+def tokenize_pairs(rows: list[dict], tokenizer, cfg) -> Pairs:
+    """Tokenize and truncate every row; count what is dropped and why."""
+    encode, encode_special, bos = _encoder(tokenizer)
+    columns = dict(cfg.get("columns") or {})
+    out = Pairs()
+    max_len, max_prompt, min_resp = cfg.max_length, cfg.get("max_prompt_length"), cfg.min_response_tokens
+    for row in rows:
+        try:
+            example = _normalise(row, columns)
+            prompt, chosen, rejected, special = _as_text(example, tokenizer)
+            if not str(chosen).strip() or not str(rejected).strip():
+                raise _Drop("empty_text")
+            if chosen == rejected:
+                raise _Drop("identical_pair")
+            enc = encode_special if special else encode
+            p = [bos] + enc(prompt)
+            if max_prompt:
+                p = p[-max_prompt:]  # keep the prompt's end: the question right before the answer
+            room = max_len - len(p)
+            if room < min_resp:
+                raise _Drop("no_room_for_response")
+            c, r = enc(chosen)[:room], enc(rejected)[:room]  # keep each response's start
+            if c == r:
+                raise _Drop("identical_after_truncation")
+        except _Drop as why:
+            out.dropped[str(why)] += 1
+            continue
+        out.prompt.append(p)
+        out.chosen.append(c)
+        out.rejected.append(r)
+    if not len(out):
+        raise UserError(f"no usable preference pairs (dropped: {dict(out.dropped)}): check dpo.dataset and dpo.columns")
+    return out
+
+
+def collate(pairs: Pairs, index: list[int], ref: dict | None = None, pad_to: int = 16) -> dict:
+    """One batch of pairs as a concatenated [chosen; rejected] block, right-padded to a multiple of pad_to."""
+    seqs = [pairs.prompt[i] + pairs.chosen[i] for i in index] + [pairs.prompt[i] + pairs.rejected[i] for i in index]
+    prompt_lens = [len(pairs.prompt[i]) for i in index] * 2
+    T = -(-max(len(s) for s in seqs) // pad_to) * pad_to
+    ids = torch.zeros(len(seqs), T, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.long)
+    for j, (s, lp) in enumerate(zip(seqs, prompt_lens)):
+        ids[j, : len(s)] = torch.tensor(s)
+        mask[j, lp : len(s)] = 1
+    batch = {"input_ids": ids, "response_mask": mask, "response_lengths": mask.sum(1).float()}
+    if ref is not None:
+        idx = torch.tensor(index)
+        batch["ref_chosen_logps"], batch["ref_rejected_logps"] = ref["chosen"][idx], ref["rejected"][idx]
+    return batch
+
+
+class PreferenceBatches(torch.utils.data.IterableDataset):
+    """Batches of pairs forever, in a fresh seeded order each epoch; resumable like PackedRows."""
+
+    def __init__(self, pairs: Pairs, batch_size: int, seed: int = 0, ref: dict | None = None):
+        if len(pairs) < batch_size:
+            raise UserError(f"{len(pairs)} preference pairs, fewer than one batch of {batch_size}: lower dpo.batch_size")
+        self.pairs, self.batch_size, self.seed, self.ref = pairs, batch_size, seed, ref
+        self.epoch, self.index = 0, 0
+        self.n_rows = len(pairs)
+
+    def __iter__(self):
+        while True:
+            if self.index + self.batch_size > len(self.pairs):
+                self.epoch, self.index = self.epoch + 1, 0
+            order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+            index = order[self.index : self.index + self.batch_size].tolist()
+            self.index += self.batch_size
+            yield {**collate(self.pairs, index, self.ref), "state": self.state_dict()}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]

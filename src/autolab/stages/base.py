@@ -1,0 +1,74 @@
+"""What every training stage shares: optimisers, the LR schedule as a function of progress, one
+optimisation step (backward, global-norm clip, every optimiser), and restoring a resumed run.
+
+Manual optimisation keeps several optimisers (Muon + AdamW) in one step and lets the stage count
+steps itself (Lightning's global_step counts each optimiser's step).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from autolab import resume
+from autolab.callbacks import Budget
+from autolab.optim import build_optimizers
+from autolab.schedules import lr_at
+
+
+class OptimisedStage(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, optim: DictConfig, schedule: DictConfig, budget: Budget,
+                 grad_clip: float, restore: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.optim_cfg, self.schedule, self.budget, self.grad_clip = optim, schedule, budget, grad_clip
+        self.restore = restore  # optimiser and RNG states of a resumed run, applied at train start
+        self.automatic_optimization = False
+        self.current_lr = 0.0
+
+    def configure_optimizers(self):
+        return build_optimizers(self.model, self.optim_cfg, self.schedule.peak_lr)
+
+    def all_optimizers(self) -> list:
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def on_train_start(self) -> None:
+        if self.restore:
+            # the raw optimisers: Lightning's wrappers hold a copy of their __dict__, so state loaded
+            # into a wrapper would never reach the optimiser that steps
+            for opt, state in zip(self.trainer.optimizers, self.restore["optimizers"]):
+                opt.load_state_dict(state)
+            resume.set_rng_state(self.restore["rng"])
+
+    def set_lr(self) -> None:
+        s = self.schedule
+        self.current_lr = lr_at(
+            self.budget.progress(), peak_lr=s.peak_lr, initial_lr=s.initial_lr,
+            warmup=s.warmup, min_lr_ratio=s.min_lr_ratio,
+        )
+        for opt in self.all_optimizers():
+            for group in opt.param_groups:
+                group["lr"] = self.current_lr * group["lr_scale"]
+
+    def optimise(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, clip the global gradient norm, step and zero every optimiser; returns the norm."""
+        self.manual_backward(loss)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
+        for opt in self.all_optimizers():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def extra_metrics(self, outputs: dict) -> dict:
+        """Values the monitor logs beside the loss (read back only on logging steps)."""
+        return {"train/grad_norm": outputs["grad_norm"].item()}
+
+    def snapshot_state(self) -> dict:
+        """Stage counters a snapshot keeps (beyond weights, optimisers, data and budget)."""
+        return {}
+
+    def load_snapshot_state(self, state: dict) -> None:
+        pass

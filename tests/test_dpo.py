@@ -1,0 +1,41 @@
+"""The DPO stage end to end: each reference mode, LoRA, the summary and the ledger."""
+
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_train
+from transformers import AutoModelForCausalLM
+
+from autolab import report
+
+DPO = [*TINY, "stage=dpo", "data=code", "init_from=experiment:quickstart", 'base_overrides=["trainer.max_steps=4","data.seq_len=64","data.batch_size=4"]',
+       "dpo.batch_size=4", "dpo.eval_batch_size=64", "dpo.max_length=64", "dpo.behaviour_prompts=4",
+       "schedule.peak_lr=1e-3", "logger=none"]
+
+
+@pytest.mark.parametrize("mode", ["frozen", "precomputed", "none", "lora"])
+def test_dpo_runs_with_each_reference(mode, tmp_path, cache):
+    args = [*DPO, "dpo.lora.r=4"] if mode == "lora" else [*DPO, f"dpo.reference={mode}"]
+    r = run_train(args, tmp_path, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = report.parse_summary(r.stdout)
+    assert s["status"] == "ok" and s["num_steps"] == "4"
+    for key in ("reward_accuracy", "reward_margin", "preamble_share", "preamble_share_start", "val_bpb",
+                "val_bpb_start", "replay_val_bpb", "pairs", "dropped_pairs"):
+        assert key in s and s[key] != "n/a", key
+    assert 0.0 <= float(s["reward_accuracy"]) <= 1.0
+    row = report.read_ledger(tmp_path / "results.tsv")[-1]
+    assert row["stage"] == "dpo" and row["reward_accuracy"] == s["reward_accuracy"]
+    model = AutoModelForCausalLM.from_pretrained(Path(s["output_dir"]) / "checkpoint")  # LoRA merged: a plain LM
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    if mode == "precomputed":
+        assert "reference log-probs: computing" in r.stdout
+        again = run_train([*args, "dpo.beta=0.5"], tmp_path, cache)  # a beta sweep reuses them
+        assert again.returncode == 0 and "reference log-probs: cached" in again.stdout
+
+
+def test_bad_dpo_settings_are_one_line_errors(tmp_path, cache):
+    r = run_train([*DPO, "dpo.reference=policy"], tmp_path, cache)
+    assert r.returncode == 2 and "dpo.reference='policy'" in r.stderr and "Traceback" not in r.stderr
+    r = run_train([*DPO, "dpo.dataset=/no/such/prefs.jsonl"], tmp_path, cache)
+    assert r.returncode == 2 and "could not be loaded" in r.stderr

@@ -1,0 +1,72 @@
+"""The DPO loss family and sequence log-probs against numbers worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from autolab.objectives import dpo_loss, preference_metrics, sequence_logps
+
+# One pair: policy logps (-1, -3), reference (-2, -2): log-ratios +1 and -1, margin h = 2.
+PC, PR, RC, RR = (torch.tensor([x]) for x in (-1.0, -3.0, -2.0, -2.0))
+
+
+def loss(loss_type, **kw):
+    return dpo_loss(PC, PR, RC, RR, loss_type=loss_type, **kw)[0].item()
+
+
+def test_sigmoid_is_minus_log_sigmoid_of_beta_h():
+    # beta h = 0.5 * 2 = 1 -> -log s(1) = log(1 + e^-1) = 0.3132617
+    assert loss("sigmoid", beta=0.5) == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    assert loss("sigmoid", beta=0.5) == pytest.approx(0.3132617, abs=1e-6)
+
+
+def test_cdpo_label_smoothing_mixes_the_flipped_label():
+    # 0.9 * 0.3132617 + 0.1 * (-log s(-1) = 1.3132617) = 0.2819355 + 0.1313262 = 0.4132617
+    assert loss("sigmoid", beta=0.5, label_smoothing=0.1) == pytest.approx(0.4132617, abs=1e-6)
+
+
+def test_robust():
+    # (0.9 * 0.3132617 - 0.1 * 1.3132617) / 0.8 = (0.2819355 - 0.1313262) / 0.8 = 0.1882617
+    assert loss("robust", beta=0.5, label_smoothing=0.1) == pytest.approx(0.1882617, abs=1e-6)
+    assert loss("robust", beta=0.5) == pytest.approx(loss("sigmoid", beta=0.5))  # e = 0: plain DPO
+
+
+def test_hinge():
+    assert loss("hinge", beta=0.25) == pytest.approx(0.5)  # max(0, 1 - 0.25 * 2)
+    assert loss("hinge", beta=1.0) == 0.0
+
+
+def test_ipo_uses_per_token_log_ratios():
+    # chosen ratio +1 over 2 tokens -> 0.5; rejected -1 over 4 tokens -> -0.25; h' = 0.75
+    # beta 0.5: (0.75 - 1) ^ 2 = 0.0625
+    out = dpo_loss(PC, PR, RC, RR, beta=0.5, loss_type="ipo",
+                   chosen_lengths=torch.tensor([2.0]), rejected_lengths=torch.tensor([4.0]))[0]
+    assert out.item() == pytest.approx(0.0625)
+    with pytest.raises(ValueError, match="lengths"):
+        loss("ipo", beta=0.5)
+    with pytest.raises(ValueError, match="unknown"):
+        loss("kto")
+
+
+def test_rewards_and_metrics():
+    _, rc, rr = dpo_loss(PC, PR, RC, RR, beta=0.1)
+    assert rc.item() == pytest.approx(0.1) and rr.item() == pytest.approx(-0.1)
+    m = preference_metrics(rc, rr, PC, PR)
+    assert m["rewards/margins"].item() == pytest.approx(0.2) and m["rewards/accuracies"].item() == 1.0
+    assert m["logps/chosen"].item() == -1.0 and m["logps/rejected"].item() == -3.0
+
+
+def test_reference_free_is_zero_reference():
+    a = dpo_loss(PC, PR, torch.zeros(1), torch.zeros(1), beta=0.5)[0]
+    assert a.item() == pytest.approx(math.log(1 + math.exp(-0.5 * 2)))  # h = -1 - (-3) = 2
+
+
+def test_sequence_logps_scores_only_the_response():
+    # vocab 2, logits favour token 1 with p = e/(1+e) everywhere
+    logits = torch.tensor([[[0.0, 1.0]] * 4])
+    ids = torch.tensor([[0, 0, 1, 0]])  # prompt: first two tokens; response: tokens 2 and 3
+    mask = torch.tensor([[0, 0, 1, 1]])
+    p1 = math.log(math.e / (1 + math.e))
+    p0 = math.log(1 / (1 + math.e))
+    assert sequence_logps(logits, ids, mask).item() == pytest.approx(p1 + p0, abs=1e-6)

@@ -20,7 +20,8 @@ def test_dpo_runs_with_each_reference(mode, tmp_path, cache):
     assert r.returncode == 0, r.stderr[-3000:]
     s = report.parse_summary(r.stdout)
     assert s["status"] == "ok" and s["num_steps"] == "4"
-    for key in ("reward_accuracy", "reward_margin", "preamble_share", "preamble_share_start", "val_bpb",
+    assert 0.0 < float(s["preamble_prob_start"]) < 1.0  # an exact probability, never 0 for a softmax model
+    for key in ("reward_accuracy", "reward_margin", "preamble_share", "preamble_share_start", "preamble_prob", "val_bpb",
                 "val_bpb_start", "replay_val_bpb", "pairs", "dropped_pairs"):
         assert key in s and s[key] != "n/a", key
     assert 0.0 <= float(s["reward_accuracy"]) <= 1.0

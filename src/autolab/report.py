@@ -42,6 +42,9 @@ LEDGER_COLUMNS = (
     "preamble_share_start",
     "preamble_share",
     "preamble_share_delta",
+    "preamble_prob_start",  # its exact expectation: mean P(a preamble | prompt)
+    "preamble_prob",
+    "preamble_prob_delta",
     "pairs",
     "dropped_pairs",
     "status",
@@ -54,7 +57,7 @@ def format_value(value, key: str = "") -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        precise = ("bpb", "share", "reward", "accuracy")  # metrics people compare in the 3rd decimal
+        precise = ("bpb", "share", "reward", "accuracy", "prob")  # metrics people compare in the 3rd decimal
         return f"{value:.6f}" if any(p in key for p in precise) else f"{value:.2f}"
     return str(value)
 

@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> int:
 
 
 def _print_chain(chain: list[tuple[str, Path]]) -> None:
-    keys = ("val_bpb", "replay_val_bpb", "reward_accuracy", "reward_margin", "preamble_share", "num_steps", "status")
+    keys = ("val_bpb", "replay_val_bpb", "reward_accuracy", "reward_margin", "preamble_prob", "num_steps", "status")
     print("\npipeline:")
     print("| experiment | stage | " + " | ".join(keys) + " |")
     print("|" + " --- |" * (len(keys) + 2))
@@ -229,7 +229,9 @@ def _dpo_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> Stag
     import copy
 
     from autolab.data.preference import PreferenceBatches, load_rows, tokenize_pairs
-    from autolab.stages.dpo import REFERENCES, DPOStage, cached_reference, held_out_rewards, preamble_share
+    from autolab.stages.dpo import (
+        REFERENCES, DPOStage, cached_reference, held_out_rewards, preamble_probability, preamble_share,
+    )
 
     d = cfg.dpo
     if d.reference not in REFERENCES:
@@ -258,6 +260,7 @@ def _dpo_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> Stag
     measures = {}
     if prompts:
         measures["preamble_share"] = lambda m: preamble_share(m, tokenizer, prompts, d.behaviour_tokens, cfg.seed, device)
+        measures["preamble_prob"] = lambda m: preamble_probability(m, tokenizer, prompts, device, d.eval_batch_size)
 
     def finals() -> dict:
         out = held_out_rewards(module, held_out, ref_held_out, d.eval_batch_size, device)

@@ -160,3 +160,32 @@ def preamble_share(model, tokenizer, prompts: list[str], new_tokens: int, seed: 
     model.train(was_training)
     torch.set_rng_state(rng)
     return hits / max(len(prompts), 1)
+
+
+def preamble_probability(model, tokenizer, prompts: list[str], device, batch_size: int = 64) -> float:
+    """The expected share of sampled completions (temperature 1) that open with a rejected-style
+    preamble: the mean over prompts of sum_k P(preamble_k | prompt). Exact where `preamble_share`
+    samples, so a rare behaviour (a few percent) is measured without sampling noise."""
+    import prepare
+    from autolab.data.preference import _encoder
+
+    encode, _, bos = _encoder(tokenizer)
+    seqs = []
+    for prompt in prompts:
+        p = [bos] + encode(prompt)
+        seqs += [(p + encode(pre), len(p)) for pre in prepare.REJECTED_PREAMBLES]
+    total = 0.0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(seqs), batch_size):
+            chunk = seqs[start : start + batch_size]
+            ids = torch.zeros(len(chunk), max(len(s) for s, _ in chunk), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, (s, n_prompt) in enumerate(chunk):
+                ids[j, : len(s)] = torch.tensor(s)
+                mask[j, n_prompt : len(s)] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            total += sequence_logps(model(input_ids=ids).logits, ids, mask).exp().sum().item()
+    model.train(was_training)
+    return total / max(len(prompts), 1)

@@ -105,7 +105,6 @@ class Monitor(L.Callback):
         self.per_step, self.flops_per_unit, self.peak = per_step, flops_per_unit, peak
         self.max_loss_ratio = max_loss_ratio
         self.reference_loss: float | None = None
-        self.last: dict = {}
         self._sum, self._n, self._host = None, 0, {}
         self._mark = (0, 0.0)  # (timed steps, training seconds) at the last log
         self._tty = sys.stdout.isatty()
@@ -135,7 +134,6 @@ class Monitor(L.Callback):
         metrics.update(host)
         metrics.update(self._rates())
         metrics.update(pl_module.extra_metrics(outputs))
-        self.last = metrics
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self.budget.steps)
         self._print(metrics, final=trainer.should_stop)

@@ -82,8 +82,7 @@ def _encoder(tokenizer):
         specials = set(tokenizer.special)
         return tokenizer.encode, (lambda t: tokenizer.enc.encode(t, allowed_special=specials)), tokenizer.bos_id
     plain = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return plain, plain, bos
+    return plain, plain, prepare._encoder(tokenizer)[1]  # prepare owns the BOS choice (and its error)
 
 
 def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> str:

@@ -58,5 +58,6 @@ def test_loss_and_metrics_match_trl(loss_type, smoothing, models, tmp_path):
 
     assert losses.mean().item() == pytest.approx(trl_loss, abs=1e-5)
     for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"):
-        assert ours[name] == pytest.approx(trl[name], abs=1e-5), name
+        # log-probs of ~200 nats sit at float32's resolution (1.5e-5 there): compare to 1e-6 relative
+        assert ours[name] == pytest.approx(trl[name], rel=1e-6, abs=1e-5), name
     assert trl["rewards/margins"] != 0.0  # the comparison is not of zeros

@@ -15,8 +15,8 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def train(cfg: DictConfig) -> None:
-    main(cfg)
+def train(cfg: DictConfig) -> int:
+    return main(cfg)
 
 
 if __name__ == "__main__":

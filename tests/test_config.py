@@ -1,5 +1,6 @@
 """Every config file composes: each option of each group, each experiment, each sweep."""
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,9 @@ def test_every_config_file_composes_and_resolves(override, monkeypatch):
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[override, "output_dir=/tmp/x"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)  # presets resolve, name a real class
+    module, _, name = launcher["_target_"].rpartition(".")
+    assert hasattr(importlib.import_module(module), name)
     with open_dict(cfg):
         hydra_cfg = cfg.pop("hydra")
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves

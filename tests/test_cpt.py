@@ -105,37 +105,73 @@ def test_bad_input_is_one_line_before_any_training(case, message, tmp_path, cach
     assert report.read_ledger(tmp_path / "results.tsv")[-1]["status"] == "crash"
 
 
-def test_kill_and_resume_ends_with_the_same_weights_and_metrics(tmp_path, cache):
-    """SIGKILL mid-run, then `resume=<run dir>`: bit-identical final weights on the CPU."""
-    args = [*TINY, "trainer.max_steps=60", "trainer.log_every=5", "trainer.snapshot_every_steps=7",
-            "replay.ratio=0.3", "replay.domain=code"]  # a mixture, so both data positions must resume
-    straight = run_train([*args, "logger=none", f"hydra.run.dir={tmp_path}/straight"], tmp_path, cache)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+RESUMABLE = [*TINY, "trainer.max_steps=60", "trainer.log_every=5", "trainer.snapshot_every_steps=7",
+             "replay.ratio=0.3", "replay.domain=code"]  # a mixture, so both data positions must resume
 
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, cache):
+    """The uninterrupted run that interrupted-and-resumed runs must match bit for bit."""
+    tmp = tmp_path_factory.mktemp("straight")
+    r = run_train([*RESUMABLE, "logger=none", f"hydra.run.dir={tmp}/run"], tmp, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r, tmp / "run"
+
+
+def _start_and_signal(run_dir: Path, cwd: Path, cache: Path, sig: int) -> tuple[int, str]:
+    """Start train.py and send `sig` at step 25: past the snapshot at step 21, before the one at 28."""
     env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={killed}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RESUMABLE, f"hydra.run.dir={run_dir}"],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
-        if line.startswith("step     25"):  # past the snapshot at step 21, before the one at 28
-            proc.send_signal(signal.SIGKILL)
+        if line.startswith("step     25"):
+            proc.send_signal(sig)
             break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    rest = proc.stdout.read()
+    return proc.wait(timeout=60), rest
+
+
+def _same_run(straight, resumed, run_dir: Path) -> None:
+    a = load_file(str(straight[1] / "checkpoint" / "model.safetensors"))
+    b = load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bit-identical
+    s1, s2 = report.parse_summary(straight[0].stdout), report.parse_summary(resumed.stdout)
+    for key in ("val_bpb", "num_steps", "total_tokens_M", "replay_share"):
+        assert s1[key] == s2[key]
+    ids = {p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1  # the resumed run continued the same W&B run
+
+
+def test_kill_and_resume_ends_with_the_same_weights_and_metrics(straight, tmp_path, cache):
+    """SIGKILL mid-run, then `resume=<run dir>`: bit-identical final weights on the CPU."""
+    killed = tmp_path / "killed"
+    code, _ = _start_and_signal(killed, tmp_path, cache, signal.SIGKILL)
+    assert code == -signal.SIGKILL
     assert not (killed / "checkpoint").exists()
 
     resumed = run_train([f"resume={killed}"], tmp_path, cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 21" in resumed.stdout
-    a = load_file(str(tmp_path / "straight" / "checkpoint" / "model.safetensors"))
-    b = load_file(str(killed / "checkpoint" / "model.safetensors"))
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bit-identical
-    s1, s2 = report.parse_summary(straight.stdout), report.parse_summary(resumed.stdout)
-    for key in ("val_bpb", "num_steps", "total_tokens_M", "replay_share"):
-        assert s1[key] == s2[key]
-    ids = {p.name.rsplit("-", 1)[1] for p in (killed / "wandb").glob("offline-run-*")}
-    assert len(ids) == 1  # the resumed run continued the same W&B run
+    _same_run(straight, resumed, killed)
+
+
+def test_sigterm_snapshots_at_once_and_exits_interrupted(straight, tmp_path, cache):
+    """SIGTERM (what scancel and a preemption send) outside a scheduler: a snapshot at the step it
+    arrived, exit code 3, an `interrupted` row; `resume=` continues to the same weights."""
+    stopped = tmp_path / "stopped"
+    code, output = _start_and_signal(stopped, tmp_path, cache, signal.SIGTERM)
+    assert code == 3 and f"continue it with resume={stopped}" in output, output[-2000:]
+    row = report.read_ledger(tmp_path / "results.tsv")[-1]
+    assert row["status"] == "interrupted" and row["output_dir"] == str(stopped)
+    step = int(row["num_steps"])
+    assert 25 <= step < 28  # the snapshot of the step in progress, not the periodic one at 21
+    assert not (stopped / "checkpoint").exists()
+
+    resumed = run_train([f"resume={stopped}"], tmp_path, cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming at step {step}" in resumed.stdout
+    _same_run(straight, resumed, stopped)
 
 
 def test_replay_sweep_ends_with_a_table_and_a_plot(tmp_path, cache):

@@ -52,6 +52,7 @@ class TimeBudget(L.Callback):
     def __init__(self, budget: Budget):
         self.budget = budget
         self._last = 0.0
+        self.first_step_at: float | None = None  # wall-clock time the first step of this process ended
 
     @contextmanager
     def untimed(self):
@@ -67,6 +68,8 @@ class TimeBudget(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         self.budget.steps += 1
         if self.budget.steps > self.budget.untimed_steps:
             self.budget.training_seconds += now - self._last

@@ -50,6 +50,9 @@ LEDGER_COLUMNS = (
     "status",
     "description",
     "output_dir",
+    "job_id",  # the scheduler's job id (SLURM: 1234_5 for task 5 of array 1234), where there is one
+    "stdout",  # the job's log files, where a launcher wrote them
+    "stderr",
 )
 
 
@@ -87,6 +90,19 @@ def git_state(cwd: Path | None = None) -> tuple[str, str]:
         return commit, "dirty" if status.strip() else "clean"
     except (OSError, subprocess.CalledProcessError):
         return "none", ""
+
+
+def job_identity() -> dict[str, str]:
+    """This job's id in its scheduler and where its stdout/stderr go: a submitit job (SLURM or local)
+    knows both; a plain sbatch script, its SLURM id; a run from a shell, nothing."""
+    if os.environ.get("SUBMITIT_FOLDER"):
+        import submitit
+
+        env = submitit.JobEnvironment()
+        return {"job_id": env.job_id, "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr)}
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return {"job_id": f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"}
+    return {"job_id": os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}
 
 
 def _cell(value, key: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import prepare
 from autolab import report, resume
 from autolab.errors import DivergenceError, UserError
+from autolab.preemption import Interrupted, Preemption
 
 
 _CHAIN: list[tuple[str, Path]] = []  # (experiment, output dir) of each experiment:NAME base this process used
@@ -40,7 +42,7 @@ def main(cfg: DictConfig) -> int:
     code = run(cfg, experiment=_experiment_name())
     if _CHAIN:  # a pipeline: every stage it stands on, then this one
         _print_chain([*_CHAIN, (_experiment_name(), Path(cfg.get("resume") or cfg.output_dir))])
-    if code and not _in_multirun():
+    if code == INTERRUPTED or (code and not _in_multirun()):  # a signal ends the whole process, sweep or not
         sys.exit(code)
     return code
 
@@ -56,38 +58,50 @@ def _print_chain(chain: list[tuple[str, Path]]) -> None:
         print(f"| {name} | {m.get('stage', '?')} | " + " | ".join(report.format_value(m.get(k), k) for k in keys) + " |")
 
 
+INTERRUPTED = 3  # the exit code of a run stopped by a signal: its snapshot is written, `resume=` continues it
+
+
 def run(cfg: DictConfig, experiment: str = "") -> int:
     t0 = time.time()
     ledger = Path(cfg.ledger).resolve()
     out = Path(cfg.output_dir).resolve()
     metrics: dict = {key: None for key in report.SUMMARY_KEYS}
-    logger, code = None, 1
-    try:
-        if cfg.get("resume"):
-            cfg = _resumed_config(cfg)
-            out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        logger = _fit_and_evaluate(cfg, out, metrics)
-        code = 0
-    except (UserError, prepare.PrepareError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    except DivergenceError as e:
-        print(f"crash: {e}", file=sys.stderr)
-    except Exception:
-        traceback.print_exc()
-    finally:
-        metrics["total_seconds"] = time.time() - t0
-        metrics.update(status="ok" if code == 0 else "crash", output_dir=str(out))
-        _finish_logger(logger, metrics)
-        commit, dirty = report.git_state()
-        report.append_row(ledger, {
-            **metrics, "commit": commit, "dirty": dirty, "stage": cfg.stage.name,
-            "experiment": experiment, "description": cfg.description,
-        })
-        if out.exists():
-            (out / "summary.json").write_text(json.dumps({**metrics, "stage": cfg.stage.name, "experiment": experiment}, indent=2) + "\n")
-        print(report.format_summary(metrics), flush=True)  # last, so `tail` shows it whole
+    logger, code, status, requeued = None, 1, "crash", None
+    facts = {"stage": cfg.stage.name, "experiment": experiment, "started_at": t0}  # summary.json only, with the metrics
+    with Preemption() as preemption:  # USR2 / SIGTERM: snapshot, then requeue or stop (preemption.py)
+        try:
+            if cfg.get("resume"):
+                cfg = _resumed_config(cfg)
+                out = Path(cfg.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            logger = _fit_and_evaluate(cfg, out, metrics, preemption, facts)
+            code, status = 0, "ok"
+        except (UserError, prepare.PrepareError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = 2
+        except Interrupted as e:
+            requeued = preemption.requeue()
+            code, status = INTERRUPTED, "requeued" if requeued else "interrupted"
+            then = "requeued: the next attempt continues from the snapshot" if requeued else f"continue it with resume={out}"
+            print(f"interrupted: {e}, snapshot written; {then}", file=sys.stderr)
+        except DivergenceError as e:
+            print(f"crash: {e}", file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+        finally:
+            metrics["total_seconds"] = time.time() - t0
+            metrics.update(status=status, output_dir=str(out))
+            commit, dirty = report.git_state()
+            report.append_row(ledger, {  # first: a requeued job has seconds before SLURM kills it
+                **metrics, **facts, **report.job_identity(), "commit": commit, "dirty": dirty,
+                "description": cfg.description,
+            })
+            if out.exists():
+                (out / "summary.json").write_text(json.dumps({**metrics, **facts}, indent=2) + "\n")
+            _finish_logger(logger, metrics)
+            print(report.format_summary(metrics), flush=True)  # last, so `tail` shows it whole
+    if requeued is not None:
+        raise requeued  # submitit's exit: no result is written, the requeued attempt writes it
     return code
 
 
@@ -104,13 +118,16 @@ class StageParts:
     finals: Callable[[], dict] = dict  # measured once, after training
 
 
-def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
+def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Preemption, facts: dict):
     import lightning as L
+    from lightning.fabric.plugins.environments import SLURMEnvironment
 
     from autolab.callbacks import Budget, Curves, Monitor, Snapshots, TimeBudget, peak_flops
     from autolab.checkpoint import save_checkpoint
 
     _quiet_libraries()
+    if os.environ.get("SLURM_CPUS_PER_TASK"):  # SLURM gives the job these cores; torch would take the node's
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     device = _device(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, tokenizer = _initial_model(cfg)
@@ -173,9 +190,11 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
     )
     trainer = L.Trainer(
         accelerator=device.type, devices=1,
+        # under SLURM: SLURM's ranks, without Lightning's own requeue on USR1 (preemption.py owns requeue)
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
         max_epochs=-1, max_steps=-1, logger=logger or False,
-        callbacks=[timer, monitor, Curves(timer, cfg.eval.curve_every, curves), snapshots],
+        callbacks=[preemption, timer, monitor, Curves(timer, cfg.eval.curve_every, curves), snapshots],
         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out,
     )
@@ -185,15 +204,17 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict):
     if not budget.done():
         loader = torch.utils.data.DataLoader(parts.data, batch_size=None, pin_memory=device.type == "cuda")
         trainer.fit(parts.module, train_dataloaders=loader)
+    metrics.update(training_seconds=budget.training_seconds, num_steps=budget.steps)
+    facts["first_step_at"] = timer.first_step_at  # wall clock (time.time()): what a launcher's start-up costs
+    if not budget.done():
+        preemption.raise_if_stopped(budget.steps)
     model.to(device)  # Lightning hands the module back on the CPU after fit
 
     after = {name: fn(model) for name, fn in measures.items()}
     metrics.update(
-        training_seconds=budget.training_seconds,
         peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0,
         mfu_percent=_mean_mfu(budget, parts, device),
         total_tokens_M=budget.steps * parts.per_step / 1e6 if parts.unit == "tokens" else None,
-        num_steps=budget.steps,
         num_params_M=n_params / 1e6,
     )
     for name, value in after.items():
@@ -381,7 +402,14 @@ def _build_logger(cfg: DictConfig, wandb_id: str | None = None):
         return None
     from hydra.utils import instantiate
 
-    logger = instantiate(cfg.logger, save_dir=cfg.output_dir, id=wandb_id)
+    named = {}
+    if _in_multirun():  # one W&B group per sweep, one run per job (its experiment and job number)
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        named = {"group": cfg.logger.get("group") or str(hc.sweep.dir),
+                 "name": cfg.logger.get("name") or f"{_experiment_name()}/{hc.job.num}"}
+    logger = instantiate(cfg.logger, save_dir=cfg.output_dir, id=wandb_id, **named)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger
 
@@ -394,7 +422,7 @@ def _finish_logger(logger, metrics: dict) -> None:
 
     if wandb.run is not None:
         wandb.run.summary.update({k: v for k, v in metrics.items() if v is not None})
-        wandb.finish(exit_code=0 if metrics["status"] == "ok" else 1)
+        wandb.finish(exit_code=0 if metrics["status"] in ("ok", "requeued") else 1)
 
 
 def _experiment_name() -> str:

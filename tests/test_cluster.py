@@ -1,0 +1,225 @@
+"""Sweeps on a real SLURM cluster (scripts/slurm-local.sh; .ci/run starts it) and on local slots:
+array sweeps, preemption and requeue, a crashing job, array parallelism, and bad input refused
+before anything is submitted. CPU, the tiny model, `trainer.max_steps`."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, run_train
+from safetensors.torch import load_file
+
+from autolab import report
+
+pytestmark = pytest.mark.slow
+
+JOB = [*TINY, "trainer.max_steps=6", "hydra.launcher.cpus_per_task=1"]
+SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.mem_gb=2",
+         "hydra.launcher.timeout_min=60"]
+
+
+def _cluster_up() -> bool:
+    try:
+        ok = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+        acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return ok.returncode == 0 and ok.stdout.strip() != "" and acct.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The local SLURM cluster, with accounting. CI starts it (AUTOLAB_SLURM_TESTS=required makes its
+    absence a failure); elsewhere: `sudo bash scripts/slurm-local.sh up`, or these tests are skipped."""
+    if not _cluster_up():
+        if os.environ.get("AUTOLAB_SLURM_TESTS") == "required":
+            pytest.fail("no SLURM cluster with accounting: run `bash scripts/slurm-local.sh up` first")
+        pytest.skip("no SLURM cluster: `sudo bash scripts/slurm-local.sh up` to run these tests")
+
+
+def _jobs_ran(ledger: Path, sweep: Path) -> list[dict]:
+    return [r for r in report.read_ledger(ledger) if r["output_dir"].startswith(str(sweep))]
+
+
+def test_array_sweep_ends_with_ok_rows_logs_and_report(slurm, tmp_path, cache):
+    sweep = tmp_path / "sweep"
+    r = run_train([*SLURM, *JOB, "logger=none", "optim.weight_decay=0,0.1", f"hydra.sweep.dir={sweep}"], tmp_path, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _jobs_ran(tmp_path / "results.tsv", sweep)
+    assert sorted(row["status"] for row in rows) == ["ok", "ok"]
+    array = {row["job_id"].split("_")[0] for row in rows}
+    assert len(array) == 1 and sorted(row["job_id"].split("_")[1] for row in rows) == ["0", "1"]  # one array
+    for row in rows:  # the row leads to the job's own log, which holds its summary
+        assert Path(row["stdout"]).exists() and f"output_dir: {row['output_dir']}" in Path(row["stdout"]).read_text()
+    names = subprocess.run(["sacct", "-n", "-X", "-j", array.pop(), "-o", "JobName%30"], capture_output=True, text=True)
+    assert names.stdout.split() == ["quickstart", "quickstart"]  # what squeue shows: the experiment
+    table = (sweep / "summary.md").read_text().splitlines()
+    assert table[0] == "| optim.weight_decay | val_bpb | num_steps | status | job_id |" and len(table) == 4
+    assert "| ok |" in table[2] and "| ok |" in table[3]
+
+
+def _job_log(sweep: Path, folder: str = "*", timeout: float = 180) -> tuple[str, Path]:
+    """(job id, stdout log) of a job once it starts: folder "*_1" for task 1 of an array, "*" for a lone job."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for log in sweep.glob(f".submitit/{folder}/*_0_log.out"):
+            return log.parent.name, log
+        time.sleep(0.5)
+    raise AssertionError(f"no job {folder} started")
+
+
+def _wait_for_line(log: Path, prefix: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(line.startswith(prefix) for line in log.read_text().splitlines()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no line {prefix!r} in {log}")
+
+
+def test_preempted_job_requeues_and_ends_bit_identical(slurm, tmp_path, cache):
+    """Two jobs of one config; one gets USR2 (what submitit and a preemption send) mid-run: it
+    snapshots, requeues itself, resumes in the same dir and W&B run, and ends with the same weights."""
+    sweep = tmp_path / "sweep"
+    args = [*SLURM, *JOB, "trainer.max_steps=400", "trainer.log_every=10", "trainer.snapshot_every_steps=25",
+            "description=straight,interrupted", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    sweep_proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job, log = _job_log(sweep, "*_1")
+    _wait_for_line(log, "step     60")  # past the snapshot at step 50
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    out, _ = sweep_proc.communicate(timeout=400)
+    assert sweep_proc.returncode == 0, out[-3000:]
+
+    rows = _jobs_ran(tmp_path / "results.tsv", sweep)
+    by_dir: dict[str, list[str]] = {}
+    for row in rows:
+        by_dir.setdefault(row["description"], []).append(row["status"])
+    assert by_dir == {"straight": ["ok"], "interrupted": ["requeued", "ok"]}  # one ok row per job
+    step = re.search(r"interrupted: SIGUSR2 at step (\d+), snapshot written", log.with_suffix(".err").read_text())
+    assert step and int(step.group(1)) >= 60
+    assert f"resuming at step {step.group(1)}" in log.read_text()  # the requeued attempt, from the step it stopped at
+
+    straight, interrupted = (sweep / "0" / "checkpoint", sweep / "1" / "checkpoint")
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(interrupted / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bit-identical
+    finals = [r for r in rows if r["status"] == "ok"]
+    assert finals[0]["val_bpb"] == finals[1]["val_bpb"] and finals[0]["num_steps"] == finals[1]["num_steps"] == "400"
+    runs = list((sweep / "1" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # two attempts, one W&B run
+
+
+def _oom_kill(job: str) -> None:
+    """SIGKILL the job's Python process, as the out-of-memory killer does: no chance to write anything."""
+    pids = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, check=True).stdout.split()
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        args = cmdline.read_bytes().split(b"\0") if pid.isdigit() and cmdline.exists() else [b""]
+        if Path(args[0].decode()).name.startswith("python") and b"submitit.core._submit" in args:  # not srun
+            os.kill(int(pid), 9)
+            return
+    raise AssertionError(f"no Python process in job {job}: {pids}")
+
+
+@pytest.mark.parametrize("how, statuses", [
+    ("scancel", ["interrupted"]),  # a user's cancel: a snapshot, no requeue, `resume=` continues it
+    ("oom", ["lost"]),  # no row from the job: the launcher writes one
+])
+def test_a_cancelled_or_killed_job_leaves_one_row_and_the_sweep_reports(how, statuses, slurm, tmp_path, cache):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "AUTOLAB_CACHE": str(cache)}
+    sweep_proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *SLURM, *JOB, "logger=none",
+                                   "trainer.max_steps=400", "trainer.log_every=10", f"hydra.sweep.dir={sweep}"],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job, log = _job_log(sweep)
+    _wait_for_line(log, "step     20")
+    subprocess.run(["scancel", job], check=True) if how == "scancel" else _oom_kill(job)
+    out, _ = sweep_proc.communicate(timeout=300)
+    assert sweep_proc.returncode == 0, out[-3000:]
+    rows = _jobs_ran(tmp_path / "results.tsv", sweep)
+    assert [(r["status"], r["job_id"], r["stdout"]) for r in rows] == [(s, job, str(log)) for s in statuses]
+    assert f"| {statuses[-1]} |" in (sweep / "summary.md").read_text()
+    if how == "scancel":
+        assert "not requeued: the job was cancelled (CANCELLED by" in log.read_text()
+        assert (sweep / "0" / "resume" / "state.pt").exists() and not (sweep / "0" / "checkpoint").exists()
+    else:
+        assert "ended without a result" in out
+
+
+@pytest.fixture(scope="module")
+def sequential_sweep(slurm, tmp_path_factory, cache):
+    """Two jobs, one of which diverges (NaN loss: it raises), with array parallelism 1."""
+    tmp = tmp_path_factory.mktemp("sequential")
+    sweep = tmp / "sweep"
+    r = run_train([*SLURM, *JOB, "logger=none", "schedule.warmup=0", "schedule.peak_lr=3e-3,1e30",
+                   "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}"], tmp, cache)
+    return r, _jobs_ran(tmp / "results.tsv", sweep), sweep
+
+
+def test_a_raising_job_leaves_a_crash_row_and_the_other_finishes(sequential_sweep):
+    r, rows, sweep = sequential_sweep
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(row["status"] for row in rows) == ["crash", "ok"]
+    crashed = next(row for row in rows if row["status"] == "crash")
+    assert "crash: training loss" in Path(crashed["stderr"]).read_text()
+    assert "| crash |" in (sweep / "summary.md").read_text()
+
+
+def test_array_parallelism_one_runs_jobs_one_at_a_time(sequential_sweep):
+    _, rows, _ = sequential_sweep
+    array = rows[0]["job_id"].split("_")[0]
+    sacct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,Start,End"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    spans = sorted(line.split("|")[1:] for line in sacct)
+    assert len(spans) == 2 and spans[1][0] >= spans[0][1]  # the second started after the first ended
+
+
+@pytest.mark.parametrize("case, args, env, message", [
+    ("partition", ["hydra.launcher.partition=nope"], {}, "hydra.launcher.partition=nope: this cluster has no such partition"),
+    ("gpus", ["hydra.launcher.gpus_per_node=1"], {}, "has no GPUs"),
+    ("sbatch", [], {"PATH": "/nonexistent"}, "sbatch is not on PATH"),
+])
+def test_bad_cluster_input_is_one_line_before_submitting(case, args, env, message, slurm, tmp_path, cache):
+    before = subprocess.run(["sacct", "-n", "-X", "-o", "JobID"], capture_output=True, text=True).stdout.split()
+    r = run_train([*SLURM, *JOB, "logger=none", *args, f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, cache, env=env)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {r.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in r.stderr and "Traceback" not in r.stderr
+    after = subprocess.run(["sacct", "-n", "-X", "-o", "JobID"], capture_output=True, text=True).stdout.split()
+    assert after == before and not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted
+
+
+def test_slurm_without_accounting_is_refused(slurm, tmp_path, cache):
+    """submitit follows job states through sacct: without accounting, a killed job hangs the sweep."""
+    script = ["bash", str(ROOT / "scripts" / "slurm-local.sh"), "up"]
+    subprocess.run(script, env={**os.environ, "SLURM_LOCAL_ACCOUNTING": "0"}, check=True, capture_output=True)
+    try:
+        r = run_train([*SLURM, *JOB, "logger=none", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, cache)
+    finally:
+        subprocess.run(script, check=True, capture_output=True)
+    assert r.returncode == 2 and "SLURM accounting is off" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_local_slots_run_jobs_side_by_side(tmp_path, cache):
+    """hydra/launcher=local with 2 slots: 3 jobs, at most 2 at once, every one with its row."""
+    sweep = tmp_path / "sweep"
+    r = run_train(["-m", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", "hydra.launcher.slots=2", *JOB,
+                   "logger=none", "optim.weight_decay=0,0.1,0.2", f"hydra.sweep.dir={sweep}"], tmp_path, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "running 3 jobs, 2 at a time" in r.stdout
+    rows = _jobs_ran(tmp_path / "results.tsv", sweep)
+    assert sorted(row["status"] for row in rows) == ["ok"] * 3 and len({row["job_id"] for row in rows}) == 3
+    spans = []  # (run started, ended: its summary is written)
+    for row in rows:
+        summary = Path(row["output_dir"]) / "summary.json"
+        spans.append((json.loads(summary.read_text())["started_at"], summary.stat().st_mtime))
+    spans.sort()
+    assert spans[1][0] < spans[0][1]  # the second started before the first ended: side by side
+    assert spans[2][0] >= min(spans[0][1], spans[1][1])  # the third waited until a slot was free

@@ -2,19 +2,27 @@
 
 It holds the constants every run shares, builds the two embedded corpora (English prose and Python
 code, both taken from the Python standard library that every install has), trains the BPE tokenizer
-(rustbpe to train, tiktoken to use, saved as text), and owns the validation data and `evaluate_bpb`.
+(rustbpe to train, tiktoken to use, saved as text), tokenizes every domain once into token shards
+that training memory-maps, and owns the validation data and `evaluate_bpb`.
 
-    python prepare.py                                   # embedded corpora + tokenizer (about 30 s)
-    python prepare.py --dataset karpathy/climbmix-400b-shuffle --name web --max-docs 200000
+    python prepare.py                                   # embedded corpora, tokenizer, token shards (about 30 s)
+    python prepare.py --sources                         # + the installed packages' sources: the GPU default
+    python prepare.py --dataset karpathy/climbmix-400b-shuffle --name web --max-bytes 5e9
     python prepare.py --dataset ./my_docs.jsonl --name mydocs   # local JSONL / Parquet works the same
 
-Besides the two text domains it writes an embedded preference set (`preferences`: prompt, chosen,
+The tokenizer is trained once and kept: a dataset added later is tokenized with it, so results
+measured before stay comparable (`--new-tokenizer` trains another version; every result carries the
+hash of the one it used). A dataset streams in bounded memory with a progress bar, and a run that
+was interrupted continues after its last written shard when started again with the same arguments.
+
+Besides the text domains it writes an embedded preference set (`preferences`: prompt, chosen,
 rejected, kind; the rejected answers show behaviours alignment trains away) and a `chat` domain of
 its training pairs as plain text, for a supervised warm start before DPO.
 
 Everything lands in the cache folder ($AUTOLAB_CACHE, default ~/.cache/autolab):
     data/<domain>/{train,val}-NNNNN.parquet   one `id` and one `text` column, one row per document
     data/<domain>/manifest.json               document and byte counts, content hash of each split
+    data/<domain>/tokens/<tokenizer hash>/    {train,val}-NNNNN.npy token shards + tokens.json
     tokenizer/tiktoken.bpe                    tiktoken's ranks format: base64(token bytes) rank
     tokenizer/tiktoken.json                   split pattern and special tokens
 
@@ -27,7 +35,7 @@ import argparse
 import ast
 import base64
 import hashlib
-import io
+import itertools
 import json
 import math
 import os
@@ -146,6 +154,58 @@ def embedded_documents(domain: str) -> Iterator[tuple[str, str]]:
             yield str(path.relative_to(root)), text.rstrip() + "\n"
 
 
+SOURCES = "sources"  # third-party code installed on this machine: the real corpus a GPU run needs
+SOURCE_SUFFIXES = (".py", ".pyx", ".pxd", ".c", ".h", ".cc", ".cpp", ".hpp", ".cu", ".cuh")
+PIECE_BYTES = 4096  # source files are cut at line ends into pieces of at most this many bytes
+
+
+def source_documents() -> Iterator[tuple[str, str]]:
+    """The Python and C/C++ sources of the installed packages (site-packages), every file cut at
+    line ends into pieces of at most PIECE_BYTES (a row of the default model holds several), with
+    ids `path#k` so that a file's pieces share its split. Files are visited in an order fixed by a
+    hash of their path, so the validation text samples many packages. The content depends on what
+    is installed: the manifest's hashes identify it, as they do the stdlib corpora."""
+    roots = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    files = {}
+    for root in map(Path, roots):
+        for path in root.rglob("*"):
+            if path.suffix in SOURCE_SUFFIXES and path.is_file() and not path.is_symlink():
+                files[str(path.relative_to(root))] = path
+    for name in sorted(files, key=lambda n: hashlib.sha256(n.encode()).digest()):
+        try:
+            text = files[name].read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for k, piece in enumerate(_pieces(text)):
+            if piece.strip():
+                yield f"{name}#{k}", piece
+
+
+def write_sources(max_bytes: int | None = None) -> dict:
+    """The `sources` domain: every piece of a file in the split of its file."""
+    return write_domain(SOURCES, source_documents(), split_key=lambda i: i.rsplit("#", 1)[0], max_bytes=max_bytes,
+                        progress=True)
+
+
+def _pieces(text: str, limit: int = PIECE_BYTES) -> Iterator[str]:
+    """Consecutive pieces of whole lines, each at most `limit` UTF-8 bytes (a longer line is cut)."""
+    piece, size = [], 0
+    for line in text.splitlines(keepends=True):
+        n = len(line.encode("utf-8"))
+        if size + n > limit and piece:
+            yield "".join(piece)
+            piece, size = [], 0
+        while n > limit:  # one line longer than a piece
+            head = line.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+            yield head
+            line = line[len(head):]
+            n = len(line.encode("utf-8"))
+        piece.append(line)
+        size += n
+    if piece:
+        yield "".join(piece)
+
+
 def hub_documents(
     dataset: str, *, split: str = "train", text_column: str = "text", max_docs: int | None = None
 ) -> Iterator[tuple[str, str]]:
@@ -243,59 +303,99 @@ def split_of(doc_id: str) -> str:
     return "val" if h % 1000 < VAL_PER_MILLE else "train"
 
 
-def write_domain(domain: str, documents: Iterable[tuple[str, str | dict]], split_key=None) -> dict:
-    """Write a domain's shards atomically (a temporary folder, then a rename) and its manifest.
-    Documents are texts (a `text` column) or records of string fields (one column each); the split
-    follows a hash of `split_key(id)` (default: the id itself)."""
+def write_domain(domain: str, documents: Iterable[tuple[str, str | dict]], split_key=None, *,
+                 max_bytes: int | None = None, resume: str | None = None, progress: bool = False) -> dict:
+    """Write a domain's Parquet shards and its manifest, in bounded memory, atomically (a temporary
+    folder, then a rename). Documents are texts (a `text` column) or records of string fields (one
+    column each); the split follows a hash of `split_key(id)` (default: the id itself). Both splits
+    are flushed together every SHARD_BYTES of text; with `resume` (a description of the source),
+    an interrupted run of the same source continues after the last flushed shard instead of over.
+    `max_bytes` stops after that much text. The content hash of a split is the sha256 of its
+    documents' sha256 digests, in order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     final = data_dir(domain)
     tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        _rmtree(tmp)
-    tmp.mkdir(parents=True)
-    manifest = {"domain": domain, "splits": {}}
+    state_file = tmp / "progress.json"
+    state = json.loads(state_file.read_text()) if resume and state_file.exists() else {}
+    if state.get("source") != resume or not resume:
+        if tmp.exists():
+            _rmtree(tmp)
+        tmp.mkdir(parents=True)
+        state = {"source": resume, "documents": 0}
+    counts = {s: {"documents": 0, "bytes": 0, "shards": 0, "sha256": hashlib.sha256()} for s in ("train", "val")}
+    for split, c in counts.items():  # what an interrupted run already wrote: counted and hashed again
+        for shard in sorted(tmp.glob(f"{split}-*.parquet")):
+            if c["shards"] >= state.get("shards", {}).get(split, 0):  # written after the last progress note
+                shard.unlink()
+                continue
+            for record in pq.read_table(shard).drop(["id"]).to_pylist():
+                _count(c, "\x00".join(record.values()).encode("utf-8"))
+            c["shards"] += 1
+    if state["documents"]:
+        print(f"{domain}: continuing after {state['documents']:,} documents already written", flush=True)
     buffers = {"train": ([], []), "val": ([], [])}  # ids, records
-    counts = {s: {"documents": 0, "bytes": 0, "shards": 0, "sha256": hashlib.sha256()} for s in buffers}
+    pending = 0
+    bar = _progress(progress, f"{domain}", total=max_bytes, initial=sum(c["bytes"] for c in counts.values()))
 
-    def flush(split: str) -> None:
-        ids, records = buffers[split]
-        if not ids:
-            return
-        c = counts[split]
-        table = pa.table({"id": ids, **{k: [r[k] for r in records] for k in records[0]}})
-        pq.write_table(table, tmp / f"{split}-{c['shards']:05d}.parquet")
-        c["shards"] += 1
-        ids.clear()
-        records.clear()
+    def flush() -> None:
+        for split, (ids, records) in buffers.items():
+            if not ids:
+                continue
+            c = counts[split]
+            table = pa.table({"id": ids, **{k: [r[k] for r in records] for k in records[0]}})
+            pq.write_table(table, tmp / f"{split}-{c['shards']:05d}.parquet.tmp")
+            (tmp / f"{split}-{c['shards']:05d}.parquet.tmp").rename(tmp / f"{split}-{c['shards']:05d}.parquet")
+            c["shards"] += 1
+            ids.clear()
+            records.clear()
+        state.update(documents=consumed, shards={split: c["shards"] for split, c in counts.items()})
+        _atomic_write(state_file, json.dumps(state) + "\n")  # after the shards: a kill in between re-reads them
 
-    pending = {"train": 0, "val": 0}
-    for doc_id, doc in documents:
+    consumed = state["documents"]
+    for doc_id, doc in itertools.islice(documents, consumed, None):
+        if max_bytes is not None and sum(c["bytes"] for c in counts.values()) >= max_bytes:
+            break
         record = doc if isinstance(doc, dict) else {"text": doc}
         split = split_of(split_key(doc_id) if split_key else doc_id)
         data = "\x00".join(record.values()).encode("utf-8")
-        c = counts[split]
-        c["documents"] += 1
-        c["bytes"] += len(data)
-        c["sha256"].update(hashlib.sha256(data).digest())
+        _count(counts[split], data)
         buffers[split][0].append(doc_id)
         buffers[split][1].append(record)
-        pending[split] += len(data)
-        if pending[split] >= SHARD_BYTES:
-            flush(split)
-            pending[split] = 0
-    for split in buffers:
-        flush(split)
-        c = counts[split]
+        consumed += 1
+        pending += len(data)
+        bar.update(len(data))
+        if pending >= SHARD_BYTES:
+            flush()
+            pending = 0
+    flush()
+    bar.close()
+    manifest = {"domain": domain, "splits": {}}
+    for split, c in counts.items():
         if c["documents"] == 0:
             raise PrepareError(f"domain {domain!r} got no {split} documents: give it more text")
         manifest["splits"][split] = {**c, "sha256": c["sha256"].hexdigest()}
+    state_file.unlink()
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if final.exists():
         _rmtree(final)
     tmp.rename(final)
     return manifest
+
+
+def _count(c: dict, data: bytes) -> None:
+    c["documents"] += 1
+    c["bytes"] += len(data)
+    c["sha256"].update(hashlib.sha256(data).digest())
+
+
+def _progress(enabled: bool, desc: str, total: int | None = None, initial: int = 0, unit: str = "B"):
+    """A tqdm bar on stderr (bytes or tokens), or a stand-in that does nothing."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, disable=not enabled,
+                mininterval=1.0)
 
 
 def _rmtree(path: Path) -> None:
@@ -304,34 +404,41 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def load_documents(domain: str, split: str) -> list[str]:
-    """All documents of one split, in their pinned order. Clear errors for missing or bad shards."""
+def iter_documents(domain: str, split: str, batch_rows: int = 1024) -> Iterator[str]:
+    """The documents of one split, in their pinned order, streamed shard by shard (bounded memory).
+    Clear errors for missing, corrupt or empty shards."""
     import pyarrow.parquet as pq
 
     folder = data_dir(domain)
     shards = sorted(folder.glob(f"{split}-*.parquet"))
     if not shards:
         raise PrepareError(
-            f"no prepared {split} data for domain {domain!r} in {folder}: run `python prepare.py`"
+            f"no prepared {split} data for domain {domain!r} in {folder}: run `{_command(domain)}`"
         )
-    texts: list[str] = []
     for shard in shards:
+        rows = 0
         try:
-            column = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
+            batches = pq.ParquetFile(shard).iter_batches(batch_size=batch_rows, columns=["text"])
+            for batch in batches:
+                rows += batch.num_rows
+                yield from batch.column(0).to_pylist()
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise PrepareError(
-                f"shard {shard} is corrupt ({type(e).__name__}): delete it and run `python prepare.py`"
+                f"shard {shard} is corrupt ({type(e).__name__}): delete it and run `{_command(domain)}`"
             ) from None
-        if not column:
-            raise PrepareError(f"shard {shard} is empty: delete it and run `python prepare.py`")
-        texts.extend(column)
-    return texts
+        if not rows:
+            raise PrepareError(f"shard {shard} is empty: delete it and run `{_command(domain)}`")
+
+
+def load_documents(domain: str, split: str) -> list[str]:
+    """All documents of one split, in their pinned order (in memory: for small domains)."""
+    return list(iter_documents(domain, split))
 
 
 def val_documents(domain: str, max_bytes: int = EVAL_BYTES) -> list[str]:
     """The fixed evaluation text: whole validation documents in pinned order, up to max_bytes."""
     docs, total = [], 0
-    for text in load_documents(domain, "val"):
+    for text in iter_documents(domain, "val"):
         if docs and total + len(text.encode("utf-8")) > max_bytes:
             break
         docs.append(text)
@@ -378,14 +485,20 @@ class Tokenizer:
             for i in range(self.vocab_size)
         ]
 
+    def files(self) -> dict[str, str]:
+        """The tokenizer as text: tiktoken's ranks format (base64(token bytes) rank) and its rules."""
+        ranks = sorted(self.enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+        meta = {"pattern": self.pattern, "special_tokens": self.special}
+        return {
+            "tiktoken.bpe": "".join(f"{base64.b64encode(tok).decode()} {rank}\n" for tok, rank in ranks),
+            "tiktoken.json": json.dumps(meta, indent=2) + "\n",
+        }
+
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        ranks = sorted(self.enc._mergeable_ranks.items(), key=lambda kv: kv[1])
-        lines = "".join(f"{base64.b64encode(tok).decode()} {rank}\n" for tok, rank in ranks)
-        _atomic_write(folder / "tiktoken.bpe", lines)
-        meta = {"pattern": self.pattern, "special_tokens": self.special}
-        _atomic_write(folder / "tiktoken.json", json.dumps(meta, indent=2) + "\n")
+        for name, text in self.files().items():
+            _atomic_write(folder / name, text)
 
     @classmethod
     def load(cls, folder: Path | str | None = None) -> "Tokenizer":
@@ -412,7 +525,7 @@ def train_tokenizer(domains: Iterable[str], vocab_size: int = VOCAB_SIZE) -> Tok
     def texts() -> Iterator[str]:
         for domain in domains:
             used = 0
-            for text in load_documents(domain, "train"):
+            for text in iter_documents(domain, "train"):
                 if used >= TOKENIZER_TRAIN_BYTES:
                     break
                 used += len(text)
@@ -423,6 +536,139 @@ def train_tokenizer(domains: Iterable[str], vocab_size: int = VOCAB_SIZE) -> Tok
     ranks = {bytes(tok): rank for tok, rank in bpe.get_mergeable_ranks()}
     special = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
     return Tokenizer(ranks, bpe.get_pattern(), special)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """12 hex digits that identify a tokenizer: ours by its text files, a Hugging Face one by its
+    serialised form (vocabulary, merges, rules, special tokens). Results, token shards, checkpoints
+    and resumes carry it, so nothing made with one tokenizer is read with another."""
+    if isinstance(tokenizer, Tokenizer):
+        text = "".join(tokenizer.files().values())
+    elif hasattr(tokenizer, "backend_tokenizer"):  # a fast (Rust) tokenizer
+        text = tokenizer.backend_tokenizer.to_str() + json.dumps(tokenizer.special_tokens_map, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items())) + json.dumps(tokenizer.special_tokens_map, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def vocab_size(tokenizer) -> int:
+    return tokenizer.vocab_size if isinstance(tokenizer, Tokenizer) else len(tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token shards: each domain tokenized once per tokenizer, read by training as memory maps.
+#   data/<domain>/tokens/<tokenizer hash>/{train,val}-NNNNN.npy   [bos] doc [bos] doc ..., uint16
+#   data/<domain>/tokens/<tokenizer hash>/tokens.json             counts, dtype, source text hashes
+
+TOKEN_SHARD_TOKENS = 2**26  # tokens per .npy shard (128 MB as uint16): what a writer holds in memory
+
+
+def tokens_dir(domain: str, tokenizer) -> Path:
+    return data_dir(domain) / "tokens" / tokenizer_hash(tokenizer)
+
+
+def write_tokens(domain: str, tokenizer, progress: bool = False) -> dict:
+    """Tokenize a domain's documents with `tokenizer` into token shards, in bounded memory and
+    atomically; nothing is done when shards of the same text and tokenizer exist. Returns the manifest."""
+    import numpy as np
+
+    source = manifest(domain)
+    final = tokens_dir(domain, tokenizer)
+    sources = {split: m["sha256"] for split, m in source["splits"].items()}
+    done = final / "tokens.json"
+    if done.exists() and json.loads(done.read_text()).get("source") == sources:
+        return json.loads(done.read_text())
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    tmp.mkdir(parents=True)
+    encode_batch, bos = _encoder(tokenizer)
+    dtype = np.uint16 if vocab_size(tokenizer) <= 2**16 else np.uint32
+    out = {"domain": domain, "tokenizer": tokenizer_hash(tokenizer), "dtype": np.dtype(dtype).name,
+                "source": sources, "splits": {}}
+    total = sum(m["bytes"] for m in source["splits"].values())
+    bar = _progress(progress, f"{domain}: tokens", total=total)
+    for split in ("train", "val"):
+        shards, parts, held, tokens, docs = [], [], 0, 0, 0
+
+        def flush() -> None:
+            if parts:
+                name = f"{split}-{len(shards):05d}.npy"
+                np.save(tmp / name, np.concatenate(parts))
+                shards.append(name)
+                parts.clear()
+
+        batch: list[str] = []
+        for text in itertools.chain(iter_documents(domain, split), [None]):
+            if text is not None:
+                batch.append(text)
+                if len(batch) < 256:
+                    continue
+            for ids in encode_batch(batch):
+                parts.append(np.asarray([bos, *ids], dtype=dtype))
+                held += len(ids) + 1
+            docs += len(batch)
+            bar.update(sum(len(t.encode("utf-8")) for t in batch))
+            batch = []
+            if held >= TOKEN_SHARD_TOKENS:
+                tokens += held
+                held = 0
+                flush()
+        tokens += held
+        flush()
+        out["splits"][split] = {"documents": docs, "tokens": tokens, "shards": shards}
+    bar.close()
+    (tmp / "tokens.json").write_text(json.dumps(out, indent=2) + "\n")
+    if final.exists():
+        _rmtree(final)
+    tmp.rename(final)
+    return out
+
+
+def load_tokens(domain: str, split: str, tokenizer) -> list:
+    """A split's token shards as read-only memory maps (numpy): nothing is read until it is used.
+    Refuses shards made from other text or with another tokenizer."""
+    import numpy as np
+
+    folder = tokens_dir(domain, tokenizer)
+    try:
+        made = json.loads((folder / "tokens.json").read_text())
+    except (OSError, ValueError):
+        raise PrepareError(
+            f"domain {domain!r} has no token shards for tokenizer {tokenizer_hash(tokenizer)}: run `{_command(domain)}`"
+        ) from None
+    if made.get("tokenizer") != tokenizer_hash(tokenizer):
+        raise PrepareError(f"{folder} holds tokens of tokenizer {made.get('tokenizer')}, not "
+                           f"{tokenizer_hash(tokenizer)}: delete it and run `{_command(domain)}`")
+    current = {s: m["sha256"] for s, m in manifest(domain)["splits"].items()}
+    if made["source"] != current:
+        raise PrepareError(f"the token shards in {folder} were made from other text than data/{domain} now "
+                           f"holds: run `{_command(domain)}` to tokenize it again")
+    shards = []
+    for name in made["splits"][split]["shards"]:
+        try:
+            shards.append(np.load(folder / name, mmap_mode="r"))
+        except (OSError, ValueError) as e:
+            raise PrepareError(f"token shard {folder / name} is damaged ({type(e).__name__}): delete "
+                               f"{folder} and run `{_command(domain)}`") from None
+    return shards
+
+
+def _command(domain: str) -> str:
+    """The command that prepares a domain."""
+    if domain == SOURCES:
+        return "python prepare.py --sources"
+    if domain in (*DOMAINS, CHAT, PREFERENCES):
+        return "python prepare.py"
+    return f"python prepare.py --dataset <your dataset> --name {domain}"
+
+
+def manifest(domain: str) -> dict:
+    """What prepare.py wrote for a domain: documents, bytes and content hash of each split."""
+    path = data_dir(domain) / "manifest.json"
+    if not path.exists():
+        raise PrepareError(f"no prepared data for domain {domain!r} in {data_dir(domain)}: run `{_command(domain)}`")
+    return json.loads(path.read_text())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,14 +745,20 @@ def evaluate_bpb(
 
 
 def unigram_bpb(tokenizer: Tokenizer, domain: str) -> float:
-    """A reference point: bpb of a unigram model (add-one smoothed) fit on the domain's train split."""
-    counts = [1] * tokenizer.vocab_size
-    for ids in tokenizer.encode_batch(load_documents(domain, "train")):
-        for i in ids:
-            counts[i] += 1
-    total = sum(counts)
+    """A reference point: bpb of a unigram model (add-one smoothed) fit on the domain's train split
+    (counted from its token shards, a chunk at a time; the `<|bos|>` separators are not text)."""
+    import numpy as np
+
+    counts = np.ones(tokenizer.vocab_size, dtype=np.int64)
+    for shard in load_tokens(domain, "train", tokenizer):
+        with open(shard.filename, "rb") as f:  # read, not mapped: mapped pages would count as this process's memory
+            f.seek(shard.offset)
+            while len(chunk := np.fromfile(f, dtype=shard.dtype, count=TOKEN_SHARD_TOKENS // 4)):
+                counts += np.bincount(chunk, minlength=len(counts))
+    counts[tokenizer.bos_id] = 1
+    logp = np.log(counts / counts.sum())
     texts = val_documents(domain)
-    nll = sum(-math.log(counts[i] / total) for ids in tokenizer.encode_batch(texts) for i in ids)
+    nll = -sum(float(logp[ids].sum()) for ids in tokenizer.encode_batch(texts))
     return nll / (math.log(2) * sum(len(t.encode("utf-8")) for t in texts))
 
 
@@ -515,11 +767,16 @@ def unigram_bpb(tokenizer: Tokenizer, domain: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sources", action="store_true",
+                   help=f"add the `{SOURCES}` domain: the Python and C/C++ sources of the installed packages (the GPU default)")
     p.add_argument("--dataset", help="a Hugging Face dataset id, or local .jsonl/.parquet file(s)")
     p.add_argument("--name", help="domain name for --dataset (default: derived from it)")
     p.add_argument("--split", default="train", help="dataset split to stream (default: train)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--max-docs", type=int, default=None, help="stop after this many documents")
+    p.add_argument("--max-bytes", type=float, default=None, help="stop after this much text, e.g. 2e9")
+    p.add_argument("--new-tokenizer", action="store_true",
+                   help="train a new tokenizer version (on the embedded domains and --dataset) instead of keeping the one in use")
     args = p.parse_args(argv)
     t0 = time.time()
     try:
@@ -529,16 +786,23 @@ def main(argv: list[str] | None = None) -> int:
             _report(domain, m)
         for name, m in write_preferences().items():
             _report(name, m)
+        if args.sources:
+            _report(SOURCES, write_sources(int(args.max_bytes) if args.max_bytes else None))
+            domains.append(SOURCES)
         if args.dataset:
             name = args.name or re.sub(r"[^a-z0-9]+", "_", Path(args.dataset).stem.lower()).strip("_")
             docs = hub_documents(
                 args.dataset, split=args.split, text_column=args.text_column, max_docs=args.max_docs
             )
-            _report(name, write_domain(name, docs))
+            source = json.dumps([args.dataset, args.split, args.text_column, args.max_docs, args.max_bytes])
+            max_bytes = int(args.max_bytes) if args.max_bytes else None
+            _report(name, write_domain(name, docs, max_bytes=max_bytes, resume=source, progress=True))
             domains.append(name)
-        tok = train_tokenizer(domains)
-        tok.save(tokenizer_dir())
-        print(f"tokenizer: {tok.vocab_size} tokens -> {tokenizer_dir()}")
+        tok = _tokenizer(domains if args.new_tokenizer else list(DOMAINS), new=args.new_tokenizer)
+        for domain in [*domains, CHAT]:
+            m = write_tokens(domain, tok, progress=domain not in (*DOMAINS, CHAT))
+            print(f"{domain}: {m['splits']['train']['tokens']:,} train / {m['splits']['val']['tokens']:,} val "
+                  f"tokens ({m['dtype']}) -> {tokens_dir(domain, tok)}")
         for domain in domains:
             print(f"unigram_bpb[{domain}]: {unigram_bpb(tok, domain):.4f}")
     except PrepareError as e:
@@ -546,6 +810,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"prepared in {time.time() - t0:.1f}s -> {cache_dir()}")
     return 0
+
+
+def _tokenizer(domains: list[str], new: bool) -> Tokenizer:
+    """The tokenizer in use, trained once and kept: a later dataset is tokenized with it, so earlier
+    results stay comparable. `new` trains another version; the previous one moves to tokenizer-<hash>/."""
+    folder = tokenizer_dir()
+    if (folder / "tiktoken.bpe").exists() and not new:
+        tok = Tokenizer.load(folder)
+        print(f"tokenizer: kept {tokenizer_hash(tok)} ({tok.vocab_size} tokens; --new-tokenizer trains another)")
+        return tok
+    tok = train_tokenizer(domains)
+    if (folder / "tiktoken.bpe").exists():
+        kept = folder.with_name(f"tokenizer-{tokenizer_hash(Tokenizer.load(folder))}")
+        if kept.exists():
+            _rmtree(kept)
+        folder.rename(kept)
+        print(f"tokenizer: the previous version moved to {kept}")
+    tok.save(folder)
+    print(f"tokenizer: trained {tokenizer_hash(tok)} on {', '.join(domains)} ({tok.vocab_size} tokens) -> {folder}")
+    return tok
 
 
 def _report(domain: str, manifest: dict) -> None:

@@ -89,7 +89,7 @@ def mismatched(tmp_path, tiny_llama):
     ("not_causal", "not a causal language model"),
     ("mismatched", "its tokenizer has 400 tokens but the model's embedding only 100"),
     ("ratio", "outside [0, 1)"),
-    ("no_replay_docs", "no prepared train data for domain 'nothing'"),
+    ("no_replay_docs", "no prepared data for domain 'nothing'"),
     ("no_init", "continues from a model"),
 ])
 def test_bad_input_is_one_line_before_any_training(case, message, tmp_path, cache, tiny_llama, request):

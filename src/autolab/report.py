@@ -31,6 +31,7 @@ LEDGER_COLUMNS = (
     "stage",
     "experiment",
     *SUMMARY_KEYS,
+    "tokenizer",  # the tokenizer's hash (prepare.tokenizer_hash): rows compare only under the same one
     "val_bpb_start",  # continued pretraining: before and after, on both domains
     "val_bpb_delta",
     "replay_val_bpb",

@@ -39,10 +39,13 @@ def find(out: Path) -> Path | None:
     return None
 
 
-def load(folder: Path, model: torch.nn.Module) -> dict:
-    """Load the weights into `model` and return the rest of the state."""
-    load_model(model, str(folder / "model.safetensors"))
+def read_state(folder: Path) -> dict:
+    """Everything but the weights (see `load_weights`), for checks before anything is loaded."""
     return torch.load(folder / "state.pt", weights_only=True)
+
+
+def load_weights(folder: Path, model: torch.nn.Module) -> None:
+    load_model(model, str(folder / "model.safetensors"))
 
 
 def rng_state() -> dict:

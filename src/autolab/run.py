@@ -124,18 +124,26 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
 
     from autolab.callbacks import Budget, Curves, Monitor, Snapshots, TimeBudget, peak_flops
     from autolab.checkpoint import save_checkpoint
+    from autolab.models import use_attention
 
     _quiet_libraries()
     if os.environ.get("SLURM_CPUS_PER_TASK"):  # SLURM gives the job these cores; torch would take the node's
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     device = _device(cfg)
+    use_attention(cfg.trainer.get("attention", "auto"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, tokenizer = _initial_model(cfg)
     if cfg.trainer.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _maybe_lora(cfg, model)
+    metrics["tokenizer"] = prepare.tokenizer_hash(tokenizer)
     snapshot = resume.find(out)
-    restore = resume.load(snapshot, model) if snapshot else None
+    restore = resume.read_state(snapshot) if snapshot else None
+    if restore and restore.get("tokenizer", metrics["tokenizer"]) != metrics["tokenizer"]:
+        raise UserError(f"{out} was trained with tokenizer {restore['tokenizer']}, but this run's tokenizer is "
+                        f"{metrics['tokenizer']} (a new version since?): it cannot continue; start a new run")
+    if restore:
+        resume.load_weights(snapshot, model)
     max_len = getattr(model.config, "max_position_embeddings", None) or prepare.MAX_SEQ_LEN
     model.to(device)
     eval_len = min(prepare.MAX_SEQ_LEN, max_len)
@@ -186,7 +194,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
               for name, domain in domains.items()}
     snapshots = Snapshots(
         out, timer, monitor, t.snapshot_every_steps, t.snapshot_every_minutes,
-        extra=lambda: {"start": start, "wandb_id": wandb_id, "stage": parts.module.snapshot_state()},
+        extra=lambda: {"start": start, "wandb_id": wandb_id, "stage": parts.module.snapshot_state(),
+                       "tokenizer": metrics["tokenizer"]},
     )
     trainer = L.Trainer(
         accelerator=device.type, devices=1,
@@ -358,10 +367,18 @@ def _experiment_checkpoint(source: str, cfg: DictConfig) -> str:
     keyed = OmegaConf.to_container(base, resolve=False)
     for key in ("output_dir", "ledger", "description", "logger"):
         keyed.pop(key, None)
+    try:  # a new tokenizer version trains the chain again instead of reusing what the old one made
+        keyed["tokenizer"] = tokenizer = prepare.tokenizer_hash(prepare.Tokenizer.load())
+    except prepare.PrepareError as e:
+        raise UserError(str(e)) from None
     key = hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(keyed)).encode()).hexdigest()[:10]
     folder = prepare.cache_dir() / "experiments" / f"{name}-{key}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
+        made = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
+        if (folder / "checkpoint").exists() and made.get("tokenizer") not in (None, tokenizer):
+            raise UserError(f"the cached {folder} was made with tokenizer {made['tokenizer']}, not {tokenizer}: "
+                            "delete it to train it again")
         if not (folder / "checkpoint").exists():
             print(f"init_from={source}: not cached yet, running `+experiment={name}` first -> {folder}", flush=True)
             with open_dict(base):
@@ -447,6 +464,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*`srun` command is available on your system but is not used.*")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

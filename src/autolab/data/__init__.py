@@ -1,19 +1,19 @@
 """Data: prepared documents -> packed token rows the stage trains on; replay mixing."""
 
-from autolab.data.packed import PackedRows, token_stream
+from autolab.data.packed import PackedRows, token_shards
 from autolab.data.replay import ReplayMixture, check_ratio
 
-__all__ = ["PackedRows", "ReplayMixture", "build_training_data", "token_stream"]
+__all__ = ["PackedRows", "ReplayMixture", "build_training_data", "token_shards"]
 
 
 def build_training_data(cfg, tokenizer, seq_len: int):
     """Packed rows of `data.domain`, with rows of `replay.domain` mixed in at `replay.ratio`."""
     ratio = float(cfg.replay.ratio)
-    check_ratio(ratio)  # before any tokenizing: a bad ratio fails at once
-    new = PackedRows(token_stream(tokenizer, cfg.data.domain), seq_len, cfg.data.batch_size, cfg.seed,
+    check_ratio(ratio)  # before any data is read: a bad ratio fails at once
+    new = PackedRows(token_shards(tokenizer, cfg.data.domain), seq_len, cfg.data.batch_size, cfg.seed,
                      name=f"domain {cfg.data.domain!r}")
     if ratio == 0.0:
         return new
-    replay = PackedRows(token_stream(tokenizer, cfg.replay.domain), seq_len, 1, cfg.seed + 1,
+    replay = PackedRows(token_shards(tokenizer, cfg.replay.domain), seq_len, 1, cfg.seed + 1,
                         name=f"replay domain {cfg.replay.domain!r}")
     return ReplayMixture(new, replay, ratio)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import numpy as np
 import torch
 
 from autolab.data.packed import PackedRows
@@ -42,7 +43,7 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         while True:
             k = self.replay_rows(self.steps)
             rows = self.new.windows(self.new.take_indices(B - k)) + self.replay.windows(self.replay.take_indices(k))
-            tokens = torch.stack(rows)  # one copy of both sources' rows
+            tokens = torch.from_numpy(np.stack(rows))  # one copy of both sources' rows
             self.steps += 1
             yield {"tokens": tokens, "replay_rows": k, "state": self.state_dict()}
 

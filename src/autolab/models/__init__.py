@@ -16,7 +16,23 @@ from autolab.models.gpt import GPT, GPTConfig
 AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
 
-__all__ = ["GPT", "GPTConfig", "build_gpt", "load_pretrained", "flops_per_token", "tokenizer_size"]
+__all__ = ["GPT", "GPTConfig", "build_gpt", "load_pretrained", "flops_per_token", "use_attention"]
+
+ATTENTION = ("auto", "flash", "cudnn", "efficient")
+
+
+def use_attention(backend: str) -> None:
+    """Pick the kernel of `scaled_dot_product_attention` for this process (our GPT and HF models alike):
+    `auto` leaves PyTorch's choice; otherwise that backend, with the math kernel as the fallback for
+    shapes or devices it does not take."""
+    if backend not in ATTENTION:
+        raise UserError(f"trainer.attention={backend}: use one of {', '.join(ATTENTION)}")
+    if backend == "auto":
+        return
+    torch.backends.cuda.enable_flash_sdp(backend == "flash")
+    torch.backends.cuda.enable_cudnn_sdp(backend == "cudnn")
+    torch.backends.cuda.enable_mem_efficient_sdp(backend == "efficient")
+    torch.backends.cuda.enable_math_sdp(True)
 
 
 def build_gpt(cfg, vocab_size: int) -> GPT:
@@ -31,10 +47,6 @@ def build_gpt(cfg, vocab_size: int) -> GPT:
             rope_theta=cfg.rope_theta,
         )
     )
-
-
-def tokenizer_size(tokenizer) -> int:
-    return tokenizer.vocab_size if isinstance(tokenizer, prepare.Tokenizer) else len(tokenizer)
 
 
 def load_pretrained(source: str):
@@ -62,7 +74,7 @@ def load_pretrained(source: str):
             tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as e:
         raise UserError(f"init_from={source} has no usable tokenizer: {_first_line(e)}") from None
-    n_tok, n_emb = tokenizer_size(tokenizer), model.get_input_embeddings().num_embeddings
+    n_tok, n_emb = prepare.vocab_size(tokenizer), model.get_input_embeddings().num_embeddings
     if n_tok > n_emb:
         raise UserError(
             f"init_from={source}: its tokenizer has {n_tok} tokens but the model's embedding only "

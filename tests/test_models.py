@@ -1,5 +1,6 @@
 """The GPT as a Hugging Face model: checkpoint round trip through the Auto classes, generate."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,3 +58,16 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     model.train()
     model(input_ids=x, labels=x).loss.backward()
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(plain, model.parameters()))
+
+
+def test_rotary_tables_are_the_rope_angles_and_survive_loading(tmp_path, cache):
+    """Position p, pair i rotates by p * theta^(-2i/d); the tables are buffers rebuilt on loading."""
+    import math
+
+    model = tiny_gpt()  # head size 16: pairs i = 0..7, theta 10000
+    cos, sin = model.rotary.cos, model.rotary.sin
+    assert cos.shape == (64, 8) and cos[0].eq(1).all() and sin[0].eq(0).all()
+    assert cos[3, 0].item() == torch.tensor(math.cos(3.0)).item() and sin[5, 0].item() == torch.tensor(math.sin(5.0)).item()
+    assert sin[7, 7].item() == pytest.approx(math.sin(7 * 10000 ** (-14 / 16)), rel=1e-6)  # float32
+    loaded = AutoModelForCausalLM.from_pretrained(save_checkpoint(model, prepare.Tokenizer.load(), tmp_path / "c"))
+    assert torch.equal(loaded.rotary.cos, cos) and torch.equal(loaded.rotary.sin, sin)

@@ -2,14 +2,61 @@
 
 Each param group carries `lr_scale`: the schedule sets lr = lr_at(progress) * lr_scale, so one
 curve drives every group (Muon's hidden weights run at a larger rate; Jordan et al. 2024).
+
+`StackedMuon` is torch.optim.Muon's update (Nesterov momentum, quintic Newton-Schulz in bf16, the
+learning rate scaled by sqrt(max(1, rows/cols)), decoupled weight decay) with the matrices of one
+shape orthogonalised together: one batched chain of matrix products per shape instead of one per
+matrix. torch.optim.Muon's per-matrix loop cost the default model 11% of its step on an H100.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 import torch
 from omegaconf import DictConfig
 
 from autolab.errors import UserError
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic iteration
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalise each matrix of a stack [k, rows, cols], as torch.optim.Muon does one."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.bfloat16()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):  # the same fused products as torch's addmm chain, batched
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
+
+
+class StackedMuon(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.95, weight_decay: float = 0.1,
+                 ns_steps: int = 5, compile: bool = False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+        self._ns = torch.compile(newton_schulz, dynamic=False) if compile else newton_schulz
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            shapes = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is not None:
+                    shapes[p.shape].append(p)
+            for shape, params in shapes.items():
+                grads = [p.grad for p in params]
+                bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+                torch._foreach_lerp_(bufs, grads, 1 - mu)
+                updates = self._ns(torch.stack(torch._foreach_lerp(grads, bufs, mu)), group["ns_steps"])
+                torch._foreach_mul_(params, 1 - lr * wd)
+                scale = max(1.0, shape[0] / shape[1]) ** 0.5
+                torch._foreach_add_(params, list(updates.unbind(0)), alpha=-lr * scale)
 
 
 def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) -> list[torch.optim.Optimizer]:
@@ -31,9 +78,9 @@ def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) ->
     if cfg.name == "muon":
         hidden = [p for p in params if p.ndim == 2 and id(p) not in embeddings]
         rest = [p for p in params if p.ndim != 2 or id(p) in embeddings]
-        muon = torch.optim.Muon(
+        muon = StackedMuon(
             [{"params": hidden, "lr_scale": cfg.muon_lr_scale}],
-            lr=peak_lr * cfg.muon_lr_scale, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay,
+            lr=peak_lr * cfg.muon_lr_scale, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, compile=fused,
         )
         return [muon, torch.optim.AdamW([{"params": rest, "lr_scale": 1.0, "weight_decay": 0.0}], **adamw)]
     raise UserError(f"unknown optim.name {cfg.name!r}: use adamw or muon")

@@ -9,6 +9,11 @@ preference pairs (prepare.py's embedded set), the same batch size, max_length, b
 learning rate. Each is timed over --steps optimiser steps after --warmup untimed ones (device
 sync at both ends) and its peak GPU memory read from a fresh counter. TRL runs as users run it:
 DPOTrainer.train() with logging and saving turned off.
+
+Rounds alternate (TRL, ours, TRL, ours, ...), each in a fresh process, and the table gives medians.
+Each run also records every step's time and how many graphs torch.compile built inside the timed
+window: a compile there (a new shape, a guard that fails) costs seconds and was what made single
+runs of this benchmark disagree.
 """
 
 from __future__ import annotations
@@ -41,9 +46,8 @@ def run_trl(args, data: list[dict]) -> dict:
 
     class Stopwatch(TrainerCallback):
         def on_step_end(self, targs, state, control, **kw):
-            if state.global_step in (args.warmup, args.warmup + args.steps):
-                sync()
-                marks[state.global_step] = time.perf_counter()
+            sync()
+            marks[state.global_step] = time.perf_counter()
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -60,8 +64,22 @@ def run_trl(args, data: list[dict]) -> dict:
                          processing_class=tok, callbacks=[Stopwatch()])
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
+    return _rates(args, marks)
+
+
+def _rates(args, marks: dict) -> dict:
+    """Throughput over the timed window, per-step times, and graphs compiled inside the window."""
     seconds = marks[args.warmup + args.steps] - marks[args.warmup]
-    return {"pairs_per_sec": args.steps * args.batch_size / seconds, "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    steps = [1e3 * (marks[i + 1] - marks[i]) for i in range(args.warmup, args.warmup + args.steps)]
+    return {"pairs_per_sec": args.steps * args.batch_size / seconds, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "step_ms": steps, "slowest_step_ms": max(steps), "median_step_ms": sorted(steps)[len(steps) // 2],
+            "compiles_in_window": marks.get("compiles_after", 0) - marks.get("compiles_before", 0)}
+
+
+def _compiles() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def run_ours(args, data: list[dict]) -> dict:
@@ -92,9 +110,12 @@ def run_ours(args, data: list[dict]) -> dict:
 
     class Stopwatch(L.Callback):
         def on_train_batch_end(self, *a):
-            if budget.steps in (args.warmup, args.warmup + args.steps):
-                sync()
-                marks[budget.steps] = time.perf_counter()
+            sync()
+            marks[budget.steps] = time.perf_counter()
+            if budget.steps == args.warmup:
+                marks["compiles_before"] = _compiles()
+            if budget.steps == args.warmup + args.steps:
+                marks["compiles_after"] = _compiles()
 
     stage = DPOStage(model, optim, schedule, budget, 1.0, dpo=d, reference=reference, compile=True)
     trainer = L.Trainer(accelerator="cuda", devices=1, precision="bf16-mixed", max_epochs=-1, logger=False,
@@ -103,32 +124,51 @@ def run_ours(args, data: list[dict]) -> dict:
     loader = torch.utils.data.DataLoader(PreferenceBatches(pairs, args.batch_size, 0), batch_size=None, pin_memory=True)
     torch.cuda.reset_peak_memory_stats()
     trainer.fit(stage, loader)
-    seconds = marks[args.warmup + args.steps] - marks[args.warmup]
-    return {"pairs_per_sec": args.steps * args.batch_size / seconds, "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return _rates(args, marks)
 
 
 def main() -> None:
+    import statistics
+    import subprocess
+    import sys
+
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each run in a fresh process")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="activation checkpointing in both (TRL 1.16's DPOConfig default is on)")
+    p.add_argument("--only", choices=["trl", "ours"], help=argparse.SUPPRESS)  # one run, in this process
     p.add_argument("--out", default="dpo_vs_trl.json")
     args = p.parse_args()
-    data = rows((args.warmup + args.steps) * args.batch_size)
+    if args.only:
+        data = rows((args.warmup + args.steps) * args.batch_size)
+        run = run_trl if args.only == "trl" else run_ours
+        print(json.dumps(run(args, data)))
+        return
+    runs: dict[str, list[dict]] = {"trl": [], "ours": []}
+    for r in range(args.rounds):
+        for name in runs:
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--only", name]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr[-3000:])
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            x = runs[name][-1]
+            print(f"round {r} {name}: {x['pairs_per_sec']:.1f} pairs/s, median step {x['median_step_ms']:.0f} ms, "
+                  f"slowest {x['slowest_step_ms']:.0f} ms, {x['compiles_in_window']} compiles in the window", flush=True)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
               "batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps,
-              "activation_checkpointing": args.checkpointing}
-    result["trl"] = run_trl(args, data)
-    torch.cuda.empty_cache()
-    result["ours"] = run_ours(args, data)
+              "warmup": args.warmup, "activation_checkpointing": args.checkpointing, "rounds": runs}
+    for name, rs in runs.items():
+        result[name] = {k: statistics.median(x[k] for x in rs) for k in ("pairs_per_sec", "peak_mb")}
     result["speedup"] = result["ours"]["pairs_per_sec"] / result["trl"]["pairs_per_sec"]
     result["memory_ratio"] = result["ours"]["peak_mb"] / result["trl"]["peak_mb"]
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print("---")
+    print("--- medians of", args.rounds, "alternating rounds")
     for name in ("trl", "ours"):
         print(f"{name}: {result[name]['pairs_per_sec']:.1f} pairs/s, peak {result[name]['peak_mb']:.0f} MB")
     print(f"speedup: {result['speedup']:.2f}x, memory: {result['memory_ratio']:.2f}x of TRL's")

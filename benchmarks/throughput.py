@@ -133,19 +133,21 @@ def main() -> None:
 
     import prepare
     from autolab.callbacks import peak_flops
-    from autolab.data import PackedRows, build_training_data, token_stream
-    from autolab.models import build_gpt, flops_per_token, load_pretrained
+    from autolab.data import PackedRows, build_training_data, token_shards
+    from autolab.models import build_gpt, flops_per_token, load_pretrained, use_attention
 
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--loops", type=lambda s: s.split(","), default=["bare", "lightning"], help="e.g. lightning,bare")
     p.add_argument("--out", default="benchmark.json")
     args, overrides = p.parse_known_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     cfg = compose(overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
+    use_attention(cfg.trainer.attention)
     if cfg.init_from:  # e.g. a randomly initialised HF Llama folder (benchmarks/make_llama.py)
         def new_model():
             return load_pretrained(cfg.init_from)[0]
@@ -157,9 +159,11 @@ def main() -> None:
             return build_gpt(cfg.model, tok.vocab_size)
     dataset = build_training_data(cfg, tok, cfg.data.seq_len)  # with replay mixed in, as train.py does
     tokens = cfg.data.seq_len * cfg.data.batch_size
-    results = {"bare": [], "lightning": []}
+    results = {name: [] for name in args.loops}
+    loops = {"bare": bare_loop, "lightning": lightning_loop}
     for r in range(args.rounds):
-        for name, loop in (("bare", bare_loop), ("lightning", lightning_loop)):
+        for name in args.loops:
+            loop = loops[name]
             torch.manual_seed(cfg.seed)
             model = new_model().to(device)
             seconds = loop(cfg, model, dataset, device, args.warmup, args.steps)
@@ -176,17 +180,19 @@ def main() -> None:
         "torch": torch.__version__,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "seq_len": cfg.data.seq_len, "batch_size": cfg.data.batch_size, "steps": args.steps,
+        "attention": cfg.trainer.attention, "optim": cfg.optim.name,
         "data_path_tokens_per_sec": data_path(dataset, device),
     }
     if cfg.replay.ratio > 0:  # what the mixture costs the data path, against plain packed rows
-        plain = PackedRows(token_stream(tok, cfg.data.domain), cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
+        plain = PackedRows(token_shards(tok, cfg.data.domain), cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
         summary["data_path_plain_tokens_per_sec"] = data_path(plain, device)
         summary["replay_ratio"] = cfg.replay.ratio
     for name, rates in results.items():
         summary[f"{name}_tokens_per_sec"] = statistics.median(rates)
         summary[f"{name}_all"] = rates
         summary[f"{name}_mfu_percent"] = 100 * statistics.median(rates) * flops / peak if peak else None
-    summary["ratio_lightning_over_bare"] = summary["lightning_tokens_per_sec"] / summary["bare_tokens_per_sec"]
+    if len(results) == 2:
+        summary["ratio_lightning_over_bare"] = summary["lightning_tokens_per_sec"] / summary["bare_tokens_per_sec"]
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print("---")
     for k, v in summary.items():

@@ -1,0 +1,130 @@
+"""autolab's default GPU run against karpathy/autoresearch's train.py, on the same corpus and split,
+for the same 300 s of training: val_bpb, tokens, passes over the data, MFU, peak RSS, wall time.
+
+    python prepare.py --sources                       # the corpus: installed packages' sources, 4 kB pieces
+    python benchmarks/vs_autoresearch.py autolab --out autolab.json
+    python benchmarks/vs_autoresearch.py autoresearch --repo .ar --out autoresearch.json
+
+`--repo` holds autoresearch's train.py and prepare.py as fetched (never committed here). It is run as
+its README says, with two changes its users make on machines without FA3: attention through
+PyTorch's scaled_dot_product_attention, and sliding windows off (WINDOW_PATTERN "L"); nothing else.
+Its data folder gets the `sources` domain's Parquet shards (train shards as its training shards, the
+val shard as its pinned validation shard), and its own prepare.py trains its own tokenizer on them.
+Pieces are at most 4 kB, so its best-fit packing (which crops documents longer than a row) keeps
+every document whole, and both evaluate on documents of the same validation split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ("import json, resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[1:]); "
+         "print(json.dumps({'rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "
+         "'wall_s': time.time() - t}), file=sys.stderr); sys.exit(r.returncode)")
+PATCHES = [  # (what autoresearch's train.py says, what it becomes): SDPA instead of FA3, no sliding windows
+    ("from kernels import get_kernel\n", ""),
+    ('repo = "varunneal/flash-attention-3" if cap == (9, 0) else "kernels-community/flash-attn3"\n', ""),
+    ("fa3 = get_kernel(repo).flash_attn_interface\n", ""),
+    ("y = fa3.flash_attn_func(q, k, v, causal=True, window_size=window_size)",
+     "y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)"),
+    ('WINDOW_PATTERN = "SSSL"', 'WINDOW_PATTERN = "L"'),
+]
+
+
+def measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
+    with log.open("w") as f:
+        r = subprocess.run([sys.executable, "-c", PROBE, *cmd], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    text = log.read_text()
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{text[-3000:]}")
+    return {**json.loads(text.strip().splitlines()[-1]), "summary": summary(text)}
+
+
+def summary(text: str) -> dict:
+    """The `key: value` lines after the last `---` (both programs end with such a block)."""
+    block = text.rsplit("\n---\n", 1)[-1]
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
+
+
+def run_autolab(args, env: dict) -> dict:
+    import prepare
+
+    out = measured([sys.executable, str(ROOT / "train.py"), f"trainer.time_budget={args.seconds}", "logger=none",
+                    *args.overrides], ROOT, env, args.log)
+    s = out["summary"]
+    tok = prepare.Tokenizer.load()
+    train_tokens = sum(len(x) for x in prepare.load_tokens(prepare.SOURCES, "train", tok))
+    return {"val_bpb": float(s["val_bpb"]), "tokens_M": float(s["total_tokens_M"]),
+            "passes": float(s["total_tokens_M"]) * 1e6 / train_tokens, "mfu_percent": float(s["mfu_percent"]),
+            "training_seconds": float(s["training_seconds"]), "num_steps": int(s["num_steps"]),
+            "rss_mb": out["rss_mb"], "wall_s": out["wall_s"], "peak_vram_mb": float(s["peak_vram_mb"])}
+
+
+def run_autoresearch(args, env: dict) -> dict:
+    import prepare
+
+    repo = args.repo.resolve()
+    work = Path("/tmp/autoresearch_run")
+    work.mkdir(parents=True, exist_ok=True)
+    train = (repo / "train.py").read_text()
+    for old, new in PATCHES:
+        if old not in train:
+            raise SystemExit(f"autoresearch's train.py changed: {old.strip()!r} not found; update PATCHES")
+        train = train.replace(old, new)
+    (work / "train.py").write_text(train)
+    (work / "prepare.py").write_text((repo / "prepare.py").read_text())
+    home = work / "home"
+    data = home / ".cache" / "autoresearch" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    src = prepare.data_dir(prepare.SOURCES)
+    for i, shard in enumerate(sorted(src.glob("train-*.parquet"))):
+        (data / f"shard_{i:05d}.parquet").unlink(missing_ok=True)
+        (data / f"shard_{i:05d}.parquet").symlink_to(shard)
+    val = data / "shard_06542.parquet"  # its pinned validation shard
+    val.unlink(missing_ok=True)
+    val.symlink_to(next(src.glob("val-*.parquet")))
+    ours = {str(ROOT), str(ROOT / "src"), str(ROOT / "benchmarks")}  # its `prepare` must be its own
+    env = {**env, "HOME": str(home),
+           "PYTHONPATH": ":".join(x for x in env.get("PYTHONPATH", "").split(":") if x and x.rstrip("/") not in ours)}
+    t0 = time.time()
+    subprocess.run([sys.executable, "-c", "import prepare; prepare.train_tokenizer()"], cwd=work, env=env, check=True)
+    tokenizer_s = time.time() - t0
+    out = measured([sys.executable, "train.py"], work, env, args.log)
+    s = out["summary"]
+    count = ("import prepare, pyarrow.parquet as pq, glob; t = prepare.Tokenizer.from_directory(); "
+             "files = [f for f in sorted(glob.glob(prepare.DATA_DIR + '/shard_*.parquet')) if prepare.VAL_FILENAME not in f]; "
+             "print(sum(len(ids) + 1 for f in files for ids in t.encode(pq.read_table(f, columns=['text']).column('text').to_pylist())))")
+    train_tokens = int(subprocess.run([sys.executable, "-c", count], cwd=work, env=env, capture_output=True,
+                                      text=True, check=True).stdout.strip())
+    return {"val_bpb": float(s["val_bpb"]), "tokens_M": float(s["total_tokens_M"]),
+            "passes": float(s["total_tokens_M"]) * 1e6 / train_tokens, "mfu_percent": float(s["mfu_percent"]),
+            "training_seconds": float(s["training_seconds"]), "num_steps": int(s["num_steps"]),
+            "rss_mb": out["rss_mb"], "wall_s": out["wall_s"], "peak_vram_mb": float(s["peak_vram_mb"]),
+            "tokenizer_training_s": tokenizer_s}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("system", choices=["autolab", "autoresearch"])
+    p.add_argument("--repo", type=Path, default=ROOT / ".ar", help="autoresearch's train.py and prepare.py")
+    p.add_argument("--seconds", type=int, default=300)
+    p.add_argument("--log", type=Path, default=Path("run.log"))
+    p.add_argument("--out", type=Path, default=Path("vs_autoresearch.json"))
+    args, args.overrides = p.parse_known_args()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = run_autolab(args, env) if args.system == "autolab" else run_autoresearch(args, env)
+    result = {"system": args.system, "overrides": args.overrides, **result}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -209,31 +209,40 @@ def _pieces(text: str, limit: int = PIECE_BYTES) -> Iterator[str]:
 def hub_documents(
     dataset: str, *, split: str = "train", text_column: str = "text", max_docs: int | None = None
 ) -> Iterator[tuple[str, str]]:
-    """Documents from a Hugging Face dataset id (streamed) or local .jsonl/.json/.parquet files."""
+    """Documents from a Hugging Face dataset id (streamed) or local .jsonl/.json/.parquet files.
+    A source that cannot be read (bad JSON, not UTF-8, a damaged Parquet file, an empty file, an
+    unreachable hub) is one PrepareError naming it."""
     import datasets
 
+    datasets.disable_progress_bars()  # prepare.py shows its own bar, in bytes
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors reach the user as one line, below
     local = Path(dataset).expanduser()
     if local.exists():
         files = sorted(local.rglob("*")) if local.is_dir() else [local]
         files = [f for f in files if f.suffix in (".jsonl", ".json", ".parquet")]
         if not files:
             raise PrepareError(f"{local} holds no .jsonl, .json or .parquet files")
-        builder = "parquet" if files[0].suffix == ".parquet" else "json"
-        ds = datasets.load_dataset(
-            builder, data_files=[str(f) for f in files], split="train", streaming=True
-        )
-    else:
-        ds = datasets.load_dataset(dataset, split=split, streaming=True)
-    for i, row in enumerate(ds):
-        if max_docs is not None and i >= max_docs:
-            break
-        if text_column not in row:
-            raise PrepareError(
-                f"{dataset} has no column {text_column!r} (it has {sorted(row)}): pass --text-column"
-            )
-        text = row[text_column]
-        if isinstance(text, str) and text.strip():
-            yield f"{dataset}/{i}", text
+    i = 0
+    try:
+        if local.exists():
+            builder = "parquet" if files[0].suffix == ".parquet" else "json"
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True)
+        else:
+            ds = datasets.load_dataset(dataset, split=split, streaming=True)
+        for i, row in enumerate(ds):
+            if max_docs is not None and i >= max_docs:
+                break
+            if text_column not in row:
+                raise PrepareError(f"{dataset} has no column {text_column!r} (it has {sorted(row)}): pass --text-column")
+            text = row[text_column]
+            if isinstance(text, str) and text.strip():
+                yield f"{dataset}/{i}", text
+    except PrepareError:
+        raise
+    except Exception as e:  # datasets and pyarrow raise many types for a source that is not what it says
+        why = (str(e).strip().splitlines() or [""])[0][:160]
+        raise PrepareError(f"{dataset}: document {i} could not be read ({type(e).__name__}: {why}): "
+                           "fix or remove the file") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,23 +363,25 @@ def write_domain(domain: str, documents: Iterable[tuple[str, str | dict]], split
         _atomic_write(state_file, json.dumps(state) + "\n")  # after the shards: a kill in between re-reads them
 
     consumed = state["documents"]
-    for doc_id, doc in itertools.islice(documents, consumed, None):
-        if max_bytes is not None and sum(c["bytes"] for c in counts.values()) >= max_bytes:
-            break
-        record = doc if isinstance(doc, dict) else {"text": doc}
-        split = split_of(split_key(doc_id) if split_key else doc_id)
-        data = "\x00".join(record.values()).encode("utf-8")
-        _count(counts[split], data)
-        buffers[split][0].append(doc_id)
-        buffers[split][1].append(record)
-        consumed += 1
-        pending += len(data)
-        bar.update(len(data))
-        if pending >= SHARD_BYTES:
-            flush()
-            pending = 0
-    flush()
-    bar.close()
+    try:
+        for doc_id, doc in itertools.islice(documents, consumed, None):
+            if max_bytes is not None and sum(c["bytes"] for c in counts.values()) >= max_bytes:
+                break
+            record = doc if isinstance(doc, dict) else {"text": doc}
+            split = split_of(split_key(doc_id) if split_key else doc_id)
+            data = "\x00".join(record.values()).encode("utf-8")
+            _count(counts[split], data)
+            buffers[split][0].append(doc_id)
+            buffers[split][1].append(record)
+            consumed += 1
+            pending += len(data)
+            bar.update(len(data))
+            if pending >= SHARD_BYTES:
+                flush()
+                pending = 0
+        flush()
+    finally:
+        bar.close()  # ends its line, so an error after it starts a line of its own
     manifest = {"domain": domain, "splits": {}}
     for split, c in counts.items():
         if c["documents"] == 0:
@@ -781,11 +792,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         domains = list(DOMAINS)
-        for domain in DOMAINS:
-            m = write_domain(domain, embedded_documents(domain))
-            _report(domain, m)
-        for name, m in write_preferences().items():
-            _report(name, m)
+        adding = bool(args.dataset or args.sources)  # the embedded corpora, already made, are kept as they are
+        if adding and all((data_dir(d) / "manifest.json").exists() for d in (*DOMAINS, CHAT, PREFERENCES)):
+            print(f"{', '.join((*DOMAINS, CHAT, PREFERENCES))}: kept (a plain `python prepare.py` makes them again)")
+        else:
+            for domain in DOMAINS:
+                _report(domain, write_domain(domain, embedded_documents(domain)))
+            for name, m in write_preferences().items():
+                _report(name, m)
         if args.sources:
             _report(SOURCES, write_sources(int(args.max_bytes) if args.max_bytes else None))
             domains.append(SOURCES)

@@ -8,10 +8,10 @@
 import hydra
 from omegaconf import DictConfig
 
-from autolab.config import register_resolvers
+from autolab.config import concise_errors, register
 from autolab.run import main
 
-register_resolvers()
+register()  # the schema and the const resolver, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -20,4 +20,4 @@ def train(cfg: DictConfig) -> int:
 
 
 if __name__ == "__main__":
-    train()
+    concise_errors(train)  # Hydra's own composition errors in at most three lines

@@ -30,9 +30,9 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from autolab.config import register_resolvers
+    from autolab.config import register
 
-    register_resolvers()
+    register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose("train", overrides=[*overrides, "output_dir=/tmp/bench", "logger=none"])
 

@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from autolab.config import register_resolvers
+from autolab.config import register
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -26,7 +26,7 @@ def _options():
 @pytest.mark.parametrize("override", list(_options()))
 def test_every_config_file_composes_and_resolves(override, monkeypatch):
     monkeypatch.chdir(ROOT)  # the sweeps folder is found relative to where train.py runs
-    register_resolvers()
+    register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[override, "output_dir=/tmp/x"], return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)  # presets resolve, name a real class

@@ -90,7 +90,7 @@ def mismatched(tmp_path, tiny_llama):
     ("mismatched", "its tokenizer has 400 tokens but the model's embedding only 100"),
     ("ratio", "outside [0, 1)"),
     ("no_replay_docs", "no prepared data for domain 'nothing'"),
-    ("no_init", "continues from a model"),
+    ("no_init", "this stage continues from a model"),
 ])
 def test_bad_input_is_one_line_before_any_training(case, message, tmp_path, cache, tiny_llama, request):
     init = {"missing": "/no/such/model", "not_causal": None, "mismatched": None}.get(case, str(tiny_llama))
@@ -102,7 +102,7 @@ def test_bad_input_is_one_line_before_any_training(case, message, tmp_path, cach
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
     assert "step " not in r.stdout  # nothing was trained
-    assert report.read_ledger(tmp_path / "results.tsv")[-1]["status"] == "crash"
+    assert report.read_ledger(tmp_path / "results.tsv")[-1]["status"] == "invalid"
 
 
 RESUMABLE = [*TINY, "trainer.max_steps=60", "trainer.log_every=5", "trainer.snapshot_every_steps=7",
@@ -184,6 +184,6 @@ def test_replay_sweep_ends_with_a_table_and_a_plot(tmp_path, cache):
     assert r.returncode == 0, r.stderr[-3000:]
     table = (tmp_path / "sweep" / "summary.md").read_text().splitlines()
     assert table[0].startswith("| replay.ratio | val_bpb_start |") and len(table) == 2 + 3
-    assert [line.split(" | ")[0] for line in table[2:]] == ["| 0", "| 0.05", "| 0.3"]
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| 0.0", "| 0.05", "| 0.3"]  # replay.ratio is a float (the schema)
     assert [line.split(" | ")[7] for line in table[2:]] == ["0.000000", "0.050000", "0.300000"]  # replay_share, measured
     assert (tmp_path / "sweep" / "summary.png").read_bytes()[:4] == b"\x89PNG"

@@ -83,14 +83,14 @@ def test_missing_corpus_is_one_line_and_keeps_earlier_rows(tmp_path, cache):
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "python prepare.py" in r.stderr
     assert "Traceback" not in r.stderr
     rows = report.read_ledger(tmp_path / "results.tsv")
-    assert [row["stage"] for row in rows] == ["earlier", "pretrain"] and rows[1]["status"] == "crash"
+    assert [row["stage"] for row in rows] == ["earlier", "pretrain"] and rows[1]["status"] == "invalid"
 
 
-def test_nan_loss_ends_as_crash_row_and_nonzero_exit(tmp_path, cache):
+def test_nan_loss_ends_as_diverged_row_and_nonzero_exit(tmp_path, cache):
     r = run_train([*TINY, "logger=none", "schedule.peak_lr=1e30", "schedule.warmup=0"], tmp_path, cache)
-    assert r.returncode == 1 and "crash:" in r.stderr and "Traceback" not in r.stderr
-    assert report.parse_summary(r.stdout)["status"] == "crash"
-    assert report.read_ledger(tmp_path / "results.tsv")[-1]["status"] == "crash"
+    assert r.returncode == report.exit_code("diverged") == 4 and "diverged:" in r.stderr and "Traceback" not in r.stderr
+    assert report.parse_summary(r.stdout)["status"] == "diverged"
+    assert report.read_ledger(tmp_path / "results.tsv")[-1]["status"] == "diverged"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")

@@ -21,6 +21,8 @@ import signal
 
 import lightning as L
 
+from autolab.errors import first_line
+
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 
@@ -84,7 +86,7 @@ class Preemption(L.Callback):
         except SystemExit as done:  # submitit requeued the job and exits the process
             return done
         except Exception as e:  # no requeue left (max_num_timeout), or scontrol refused
-            print(f"not requeued: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}", flush=True)
+            print(f"not requeued: {first_line(e)}", flush=True)
         return None
 
 

@@ -14,6 +14,21 @@ from pathlib import Path
 
 from filelock import FileLock
 
+STATUSES = {  # how a run ended: the summary's and the ledger's `status`, W&B's, and the exit code
+    "ok": (0, "trained and measured; the checkpoint is written"),
+    "crash": (1, "an unexpected error; the traceback above it says where"),
+    "invalid": (2, "bad input or setup, one `error:` line says what to do; nothing was trained"),
+    "interrupted": (3, "stopped by a signal after writing its snapshot; `resume=<output_dir>` continues it"),
+    "diverged": (4, "the training loss became NaN or exploded; lower the learning rate"),
+    "requeued": (None, "an attempt of a cluster job stopped by preemption or its time limit; the job continues"),
+    "lost": (None, "a cluster job killed without a word (SIGKILL, out of memory); the launcher wrote its row"),
+}
+
+
+def exit_code(status: str) -> int:
+    return STATUSES[status][0]
+
+
 SUMMARY_KEYS = (  # printed in this order; more keys may follow
     "val_bpb",
     "training_seconds",
@@ -135,6 +150,10 @@ def append_row(path: Path | str, row: dict) -> None:
 
 
 def read_ledger(path: Path | str) -> list[dict[str, str]]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    """Every row as {column: cell}; a ledger that is empty (or not there yet) has none."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    if not lines:
+        return []
     columns = lines[0].split("\t")
     return [dict(zip(columns, line.split("\t"))) for line in lines[1:]]

@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import prepare
 from autolab import report, resume
-from autolab.errors import DivergenceError, UserError
+from autolab.config import check
+from autolab.errors import DivergenceError, UserError, first_line
 from autolab.preemption import Interrupted, Preemption
 
 
@@ -42,7 +43,7 @@ def main(cfg: DictConfig) -> int:
     code = run(cfg, experiment=_experiment_name())
     if _CHAIN:  # a pipeline: every stage it stands on, then this one
         _print_chain([*_CHAIN, (_experiment_name(), Path(cfg.get("resume") or cfg.output_dir))])
-    if code == INTERRUPTED or (code and not _in_multirun()):  # a signal ends the whole process, sweep or not
+    if code == report.exit_code("interrupted") or (code and not _in_multirun()):  # a signal ends the process, sweep or not
         sys.exit(code)
     return code
 
@@ -58,51 +59,51 @@ def _print_chain(chain: list[tuple[str, Path]]) -> None:
         print(f"| {name} | {m.get('stage', '?')} | " + " | ".join(report.format_value(m.get(k), k) for k in keys) + " |")
 
 
-INTERRUPTED = 3  # the exit code of a run stopped by a signal: its snapshot is written, `resume=` continues it
-
-
 def run(cfg: DictConfig, experiment: str = "") -> int:
     t0 = time.time()
     ledger = Path(cfg.ledger).resolve()
     out = Path(cfg.output_dir).resolve()
     metrics: dict = {key: None for key in report.SUMMARY_KEYS}
-    logger, code, status, requeued = None, 1, "crash", None
+    logger, status, requeued = None, "crash", None
     facts = {"stage": cfg.stage.name, "experiment": experiment, "started_at": t0}  # summary.json only, with the metrics
     with Preemption() as preemption:  # USR2 / SIGTERM: snapshot, then requeue or stop (preemption.py)
         try:
             if cfg.get("resume"):
                 cfg = _resumed_config(cfg)
                 out = Path(cfg.output_dir)
+            check(cfg)  # every value check, before anything is loaded or written
             out.mkdir(parents=True, exist_ok=True)
             logger = _fit_and_evaluate(cfg, out, metrics, preemption, facts)
-            code, status = 0, "ok"
+            status = "ok"
         except (UserError, prepare.PrepareError) as e:
             print(f"error: {e}", file=sys.stderr)
-            code = 2
+            status = "invalid"
         except Interrupted as e:
             requeued = preemption.requeue()
-            code, status = INTERRUPTED, "requeued" if requeued else "interrupted"
+            status = "requeued" if requeued else "interrupted"
             then = "requeued: the next attempt continues from the snapshot" if requeued else f"continue it with resume={out}"
             print(f"interrupted: {e}, snapshot written; {then}", file=sys.stderr)
         except DivergenceError as e:
-            print(f"crash: {e}", file=sys.stderr)
+            print(f"diverged: {e}", file=sys.stderr)
+            status = "diverged"
         except Exception:
             traceback.print_exc()
         finally:
             metrics["total_seconds"] = time.time() - t0
             metrics.update(status=status, output_dir=str(out))
             commit, dirty = report.git_state()
-            report.append_row(ledger, {  # first: a requeued job has seconds before SLURM kills it
-                **metrics, **facts, **report.job_identity(), "commit": commit, "dirty": dirty,
-                "description": cfg.description,
-            })
-            if out.exists():
+            try:  # first: a requeued job has seconds before SLURM kills it
+                report.append_row(ledger, {**metrics, **facts, **report.job_identity(), "commit": commit,
+                                           "dirty": dirty, "description": cfg.description})
+            except OSError as e:
+                print(f"error: the ledger {ledger} could not take this run's row ({e.strerror})", file=sys.stderr)
+            if out.exists() and status != "invalid":  # an invalid run trained nothing: it leaves a dir as it was
                 (out / "summary.json").write_text(json.dumps({**metrics, **facts}, indent=2) + "\n")
             _finish_logger(logger, metrics)
             print(report.format_summary(metrics), flush=True)  # last, so `tail` shows it whole
     if requeued is not None:
         raise requeued  # submitit's exit: no result is written, the requeued attempt writes it
-    return code
+    return report.exit_code(status)
 
 
 @dataclass
@@ -143,7 +144,11 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         raise UserError(f"{out} was trained with tokenizer {restore['tokenizer']}, but this run's tokenizer is "
                         f"{metrics['tokenizer']} (a new version since?): it cannot continue; start a new run")
     if restore:
-        resume.load_weights(snapshot, model)
+        try:
+            resume.load_weights(snapshot, model)
+        except Exception as e:  # a snapshot copied from another run, or damaged
+            raise UserError(f"{snapshot}: the snapshot does not fit this run's model ({first_line(e)}): "
+                            "resume the run that wrote it, or start a new one") from None
     max_len = getattr(model.config, "max_position_embeddings", None) or prepare.MAX_SEQ_LEN
     model.to(device)
     eval_len = min(prepare.MAX_SEQ_LEN, max_len)
@@ -259,13 +264,9 @@ def _dpo_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> Stag
     import copy
 
     from autolab.data.preference import PreferenceBatches, load_rows, tokenize_pairs
-    from autolab.stages.dpo import (
-        REFERENCES, DPOStage, cached_reference, held_out_rewards, preamble_probability, preamble_share,
-    )
+    from autolab.stages.dpo import DPOStage, cached_reference, held_out_rewards, preamble_probability, preamble_share
 
     d = cfg.dpo
-    if d.reference not in REFERENCES:
-        raise UserError(f"dpo.reference={d.reference!r}: use one of {REFERENCES}")
     if d.max_length > max_len:
         raise UserError(f"dpo.max_length={d.max_length} is longer than the model's {max_len} positions: lower it")
     train_rows, eval_rows = load_rows(d, "train"), load_rows(d, "eval")
@@ -337,12 +338,7 @@ def _initial_model(cfg: DictConfig):
     """(model, tokenizer): a fresh GPT for pretraining from scratch, else `init_from`'s weights."""
     from autolab.models import build_gpt, load_pretrained
 
-    if not cfg.init_from:
-        if cfg.stage.name != "pretrain":
-            raise UserError(
-                f"stage={cfg.stage.name} continues from a model: pass init_from=<checkpoint folder, "
-                "Hugging Face model folder or hub id, or experiment:NAME>"
-            )
+    if not cfg.init_from:  # pretraining (config.check: every other stage has init_from)
         tokenizer = prepare.Tokenizer.load()
         return build_gpt(cfg.model, tokenizer.vocab_size), tokenizer
     return load_pretrained(_experiment_checkpoint(str(cfg.init_from), cfg))
@@ -398,6 +394,10 @@ def _resumed_config(cfg: DictConfig) -> DictConfig:
         raise UserError(f"resume={cfg.resume}: {saved} not found; give the output dir of a train.py run")
     if resume.find(run_dir) is None:
         raise UserError(f"resume={cfg.resume}: the run wrote no snapshot yet (trainer.snapshot_every_*)")
+    changed = [o for o in _task_overrides() if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ledger")]
+    if changed:
+        raise UserError(f"resume={cfg.resume} continues that run with the config it started with: drop "
+                        f"{' '.join(changed)} (start a new run to change it)")
     old = OmegaConf.load(saved)
     with open_dict(old):
         old.output_dir, old.resume, old.ledger = str(run_dir), str(run_dir), cfg.ledger
@@ -439,7 +439,15 @@ def _finish_logger(logger, metrics: dict) -> None:
 
     if wandb.run is not None:
         wandb.run.summary.update({k: v for k, v in metrics.items() if v is not None})
-        wandb.finish(exit_code=0 if metrics["status"] in ("ok", "requeued") else 1)
+        wandb.run.summary["status"] = metrics["status"]
+        wandb.finish(exit_code=0 if metrics["status"] in ("ok", "requeued") else report.exit_code(metrics["status"]))
+
+
+def _task_overrides() -> list[str]:
+    """The overrides the user gave on the command line (none outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _experiment_name() -> str:

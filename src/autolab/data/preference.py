@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import prepare
-from autolab.errors import UserError
+from autolab.errors import UserError, first_line
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -50,6 +50,8 @@ def load_rows(cfg, split: str) -> list[dict]:
         return prepare.load_preferences("train" if split == "train" else "val")
     import datasets
 
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a file it cannot read is one UserError below
     name = cfg.train_split if split == "train" else cfg.eval_split
     path = Path(source).expanduser()
     try:
@@ -62,8 +64,10 @@ def load_rows(cfg, split: str) -> list[dict]:
             ds = datasets.load_dataset(builder, data_files={"rows": files}, split="rows")
         else:
             ds = datasets.load_dataset(source, split=name)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise UserError(f"dpo.dataset={source} (split {name}) could not be loaded: {str(e).splitlines()[0][:200]}") from None
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types for unreadable or malformed files
+        raise UserError(f"dpo.dataset={source} (split {name}) could not be loaded: {first_line(e)}") from None
     rows = list(ds)
     if path.exists() or name is None:  # one file or no named split: hold out by a hash of the row
         held_out = [r for i, r in enumerate(rows) if prepare.split_of(f"{source}/{i}") == "val"]
@@ -105,9 +109,32 @@ def _as_text(example: dict, tokenizer) -> tuple[str, str, str, bool]:
             prompt = render_chat(example["prompt"], add_generation_prompt=True)
             completion = lambda messages: render_chat(messages).removeprefix("<|assistant_start|>")  # noqa: E731
             return prompt, completion(example["chosen"]), completion(example["rejected"]), True
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("dpo.dataset holds conversational rows but init_from's tokenizer has no chat template: "
+                            "use a model with one, or give the rows as plain prompt/chosen/rejected text")
         out = maybe_apply_chat_template(example, tokenizer)
         return out["prompt"], out["chosen"], out["rejected"], True
     return example["prompt"], example["chosen"], example["rejected"], False
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def _text_or_messages(value) -> bool:
+    """A string, or a list of {"role": str, "content": str} messages (TRL's conversational format)."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+
+
+def _roles_ok(example: dict) -> bool:
+    """Conversational rows: all three are message lists, known roles, answers from the assistant."""
+    if not all(isinstance(example[f], list) and example[f] for f in FIELDS):
+        return False
+    roles_ok = all(m["role"] in ROLES for f in FIELDS for m in example[f])
+    return roles_ok and all(m["role"] == "assistant" for f in ("chosen", "rejected") for m in example[f])
 
 
 def _normalise(row: dict, columns: dict) -> dict:
@@ -117,8 +144,15 @@ def _normalise(row: dict, columns: dict) -> dict:
     system = row.get(columns["system"]) if columns.get("system") else None
     if example["chosen"] is None or example["rejected"] is None:
         raise _Drop("missing_field")
+    for value in example.values():
+        if value is not None and not _text_or_messages(value):
+            raise _Drop("not_text")
     if example["prompt"] is None:  # implicit prompt: the shared prefix of chosen and rejected
         example = {**example, **extract_prompt({"chosen": example["chosen"], "rejected": example["rejected"]})}
+    if isinstance(example["prompt"], str) and not example["prompt"].strip():
+        raise _Drop("empty_prompt")
+    if any(isinstance(v, list) for v in example.values()) and not _roles_ok(example):
+        raise _Drop("bad_roles")
     if system:
         if isinstance(example["prompt"], list):
             example["prompt"] = [{"role": "system", "content": system}, *example["prompt"]]

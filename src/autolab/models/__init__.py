@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import prepare
-from autolab.errors import UserError
+from autolab.errors import UserError, first_line
 from autolab.models.gpt import GPT, GPTConfig
 
 # Registration only fills transformers' name tables (no I/O, no device work).
@@ -18,15 +18,10 @@ AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
 
 __all__ = ["GPT", "GPTConfig", "build_gpt", "load_pretrained", "flops_per_token", "use_attention"]
 
-ATTENTION = ("auto", "flash", "cudnn", "efficient")
-
-
 def use_attention(backend: str) -> None:
     """Pick the kernel of `scaled_dot_product_attention` for this process (our GPT and HF models alike):
     `auto` leaves PyTorch's choice; otherwise that backend, with the math kernel as the fallback for
     shapes or devices it does not take."""
-    if backend not in ATTENTION:
-        raise UserError(f"trainer.attention={backend}: use one of {', '.join(ATTENTION)}")
     if backend == "auto":
         return
     torch.backends.cuda.enable_flash_sdp(backend == "flash")
@@ -61,19 +56,23 @@ def load_pretrained(source: str):
     where = str(path) if path.exists() else source
     if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise UserError(f"init_from={source}: no such folder (give a checkpoint folder or a hub id)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+    if path.is_dir() and not list(path.glob("*.safetensors")) and list(path.glob("*.bin")):
+        raise UserError(f"init_from={source} has only pickled (.bin) weights, which are never loaded here: "
+                        "save them as safetensors (save_pretrained(..., safe_serialization=True))")
+    try:  # safetensors only: weights a user hands us are never unpickled
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True)
     except ValueError as e:  # transformers: "Unrecognized configuration class ..."
-        raise UserError(f"init_from={source} is not a causal language model: {_first_line(e)}") from None
-    except OSError as e:  # no config.json / weights, or the hub could not be reached
-        raise UserError(f"init_from={source} could not be loaded as a causal LM: {_first_line(e)}") from None
+        raise UserError(f"init_from={source} is not a causal language model: {first_line(e)}") from None
+    except Exception as e:  # no config.json, damaged weights, or the hub could not be reached
+        raise UserError(f"init_from={source} could not be loaded as a causal LM ({type(e).__name__}: "
+                        f"{first_line(e)})") from None
     try:
         if path.exists() and (path / "tiktoken.bpe").exists():
             tokenizer = prepare.Tokenizer.load(path)
         else:
             tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as e:
-        raise UserError(f"init_from={source} has no usable tokenizer: {_first_line(e)}") from None
+        raise UserError(f"init_from={source} has no usable tokenizer: {first_line(e)}") from None
     n_tok, n_emb = prepare.vocab_size(tokenizer), model.get_input_embeddings().num_embeddings
     if n_tok > n_emb:
         raise UserError(
@@ -89,8 +88,3 @@ def flops_per_token(model, seq_len: int) -> float:
     c = model.config
     n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq_len
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__

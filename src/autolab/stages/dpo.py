@@ -16,9 +16,6 @@ import torch
 from autolab.objectives import dpo_loss, preference_metrics, sequence_logps
 from autolab.stages.base import OptimisedStage
 
-REFERENCES = ("frozen", "precomputed", "none")
-
-
 class DPOStage(OptimisedStage):
     def __init__(self, *args, dpo, reference: torch.nn.Module | None = None, compile: bool = False, **kwargs):
         super().__init__(*args, **kwargs)

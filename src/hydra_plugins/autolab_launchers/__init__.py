@@ -39,6 +39,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import OmegaConf, open_dict
 
 from autolab import report
+from autolab.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class _Launcher(BaseSubmititLauncher):
             return job.results()[0]
         except Exception as e:  # the job died without writing its result: SIGKILL, OOM, node failure, cancel
             overrides, _, idx = call[:3]
-            why = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            why = first_line(e)
             log.error(f"job #{idx} ({job.job_id}) ended without a result: {why}; its log: {job.paths.stdout}")
             self._lost_row(overrides, idx, job, why)
             ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)

@@ -30,14 +30,37 @@ def test_checkpoint_loads_back_through_auto_classes(tmp_path, cache):
     assert prepare.Tokenizer.load(folder).encode(text) == tok.encode(text)
 
 
+def trained_like_gpt(vocab: int = 100) -> GPT:
+    """Every weight random (a fresh GPT's blocks start as the identity, so its output would depend on
+    the last token only, and a generate that dropped the prefix would pass unseen)."""
+    model = tiny_gpt(vocab)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
 def test_generate_matches_greedy_decoding():
-    model = tiny_gpt(vocab=100).eval()
+    model = trained_like_gpt()
     x = torch.randint(0, 100, (1, 5))
     out = model.generate(x, max_new_tokens=6, do_sample=False)
     seq = x
     for _ in range(6):
         seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, seq)
+
+
+def test_a_left_padded_prompt_gives_what_it_gives_alone():
+    model = trained_like_gpt()
+    x = torch.randint(1, 100, (1, 7))
+    alone = model(input_ids=x).logits
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), x], 1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 7, dtype=torch.long)], 1)
+    logits = model(input_ids=padded, attention_mask=mask).logits
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits[:, 4:], alone, rtol=1e-4, atol=1e-4)  # rotary: relative positions only
+    first = model.generate(x, max_new_tokens=5, do_sample=False)[:, 7:]
+    assert torch.equal(model.generate(padded, attention_mask=mask, max_new_tokens=5, do_sample=False)[:, 11:], first)
 
 
 def test_hf_labels_loss_matches_shifted_cross_entropy():

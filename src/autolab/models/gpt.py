@@ -5,7 +5,9 @@ RMSNorm (Zhang & Sennrich 2019) before each sublayer and on queries/keys (QK-nor
 `scaled_dot_product_attention`, a ReLU² MLP (So et al. 2021, "Primer"), untied input and output
 embeddings. Because it is a `PreTrainedModel`, `save_pretrained`, `from_pretrained`,
 `AutoModelForCausalLM` (after `autolab.models` registers it) and `generate` all work.
-The model takes no padding mask: rows are packed documents, attention is causal only.
+Training rows are packed documents: attention is causal only. An `attention_mask` with zeros (left
+padding, as batched `generate` makes) also hides the padded keys; rotary attention depends only on
+relative positions, so a left-padded prompt gives what it gives alone.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ class GPTConfig(PretrainedConfig):
         self.n_embd = n_embd
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
-        kwargs.setdefault("use_cache", False)  # no KV cache: generate recomputes the prefix
         super().__init__(**kwargs)
 
 
@@ -71,6 +72,13 @@ class Rotary(nn.Module):
         self.sin.copy_(angles.sin())
 
 
+class RMSNorm(nn.Module):
+    """The final norm as a module without weights, so hooks and the logit lens can find it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x)
+
+
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x1, x2) of each head by position-dependent angles; x [B, H, T, D]."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -87,12 +95,12 @@ class Block(nn.Module):
         self.mlp_in = nn.Linear(d, 4 * d, bias=False)
         self.mlp_out = nn.Linear(4 * d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(rms_norm(x)).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
         q, k = rotary(rms_norm(q), cos, sin), rotary(rms_norm(k), cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp_out(F.relu(self.mlp_in(rms_norm(x))).square())
 
@@ -108,6 +116,7 @@ class GPT(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.rotary = Rotary(config.n_embd // config.n_head, config.max_position_embeddings, config.rope_theta)
         self.gradient_checkpointing = False
@@ -125,6 +134,11 @@ class GPT(PreTrainedModel, GenerationMixin):
         if isinstance(module, Rotary):
             module.reset()
 
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> dict:
+        """No KV cache: `generate` would hand a cache-less model only the newest token, so every step
+        gets the whole sequence (short generations only: the cost grows with the length squared)."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
@@ -140,16 +154,21 @@ class GPT(PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Logits for every position; with `labels` (HF convention: labels = input_ids), the loss."""
         T = input_ids.size(1)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):  # padded keys hidden; a pad sees itself (no NaN)
+            keys = attention_mask[:, None, None, :].bool()
+            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+            mask = (causal & keys) | torch.eye(T, dtype=torch.bool, device=input_ids.device)
         if T > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {T} tokens > max_position_embeddings")
         cos, sin = self.rotary.cos[:T], self.rotary.sin[:T]
         x = self.wte(input_ids)
         for block in self.blocks:
             if self.gradient_checkpointing and self.training:  # activations recomputed in backward
-                x = self._gradient_checkpointing_func(block.__call__, x, cos, sin)
+                x = self._gradient_checkpointing_func(block.__call__, x, cos, sin, mask)
             else:
-                x = block(x, cos, sin)
-        logits = self.lm_head(rms_norm(x))
+                x = block(x, cos, sin, mask)
+        logits = self.lm_head(self.norm(x))
         loss = None
         if labels is not None:
             loss = lm_loss(logits[:, :-1], labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1))

@@ -23,9 +23,12 @@ def test_dpo_runs_with_each_reference(mode, tmp_path, cache):
     assert s["status"] == "ok" and s["num_steps"] == "4"
     assert 0.0 <= float(s["preamble_prob_start"]) <= 1.0 and 0.0 <= float(s["preamble_prob"]) <= 1.0
     for key in ("reward_accuracy", "reward_margin", "preamble_share", "preamble_share_start", "preamble_prob", "val_bpb",
-                "val_bpb_start", "replay_val_bpb", "pairs", "dropped_pairs"):
+                "val_bpb_start", "replay_val_bpb", "pairs", "dropped_pairs", "win_rate", "tie_rate", "loss_rate"):
         assert key in s and s[key] != "n/a", key
     assert 0.0 <= float(s["reward_accuracy"]) <= 1.0
+    rates = [float(s[k]) for k in ("win_rate", "tie_rate", "loss_rate")]
+    assert sum(rates) == pytest.approx(1.0, abs=1e-5) and float(s["win_low"]) <= rates[0] <= float(s["win_high"])
+    assert (Path(s["output_dir"]) / "win_rate.png").read_bytes()[:4] == b"\x89PNG"
     row = report.read_ledger(tmp_path / "results.tsv")[-1]
     assert row["stage"] == "dpo" and row["reward_accuracy"] == s["reward_accuracy"]
     model = AutoModelForCausalLM.from_pretrained(Path(s["output_dir"]) / "checkpoint")  # LoRA merged: a plain LM

@@ -55,6 +55,11 @@ LEDGER_COLUMNS = (
     "replay_share",
     "reward_accuracy",  # DPO: on the held-out pairs
     "reward_margin",
+    "win_rate",  # DPO against its start on held-out prompts (the preamble rule judges; autolab.judge)
+    "win_low",
+    "win_high",
+    "tie_rate",
+    "loss_rate",
     "preamble_share_start",
     "preamble_share",
     "preamble_share_delta",

@@ -49,7 +49,7 @@ def main(cfg: DictConfig) -> int:
 
 
 def _print_chain(chain: list[tuple[str, Path]]) -> None:
-    keys = ("val_bpb", "replay_val_bpb", "reward_accuracy", "reward_margin", "preamble_prob", "num_steps", "status")
+    keys = ("val_bpb", "replay_val_bpb", "reward_accuracy", "win_rate", "preamble_prob", "num_steps", "status")
     print("\npipeline:")
     print("| experiment | stage | " + " | ".join(keys) + " |")
     print("|" + " --- |" * (len(keys) + 2))
@@ -167,7 +167,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
     common = dict(optim=cfg.optim, schedule=cfg.schedule, budget=budget, grad_clip=t.grad_clip, restore=restore)
     build = _dpo_parts if cfg.stage.name == "dpo" else _lm_parts
-    parts = build(cfg, model, tokenizer, device, max_len, compiled, common)
+    parts = build(cfg, model, tokenizer, device, max_len, compiled, common, out)
     measures = {**{name: bpb(domain) for name, domain in domains.items()}, **parts.measures}
     if restore:
         parts.data.load_state_dict(restore["data"])
@@ -241,7 +241,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     return logger
 
 
-def _lm_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> StageParts:
+def _lm_parts(cfg, model, tokenizer, device, max_len, compiled, common, out) -> StageParts:
     from autolab.data import build_training_data
     from autolab.models import flops_per_token
     from autolab.stages import LMStage
@@ -260,7 +260,7 @@ def _lm_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> Stage
     return StageParts(data, module, "tokens", seq_len * batch_size, flops_per_token(model, seq_len), finals=finals)
 
 
-def _dpo_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> StageParts:
+def _dpo_parts(cfg, model, tokenizer, device, max_len, compiled, common, out) -> StageParts:
     import copy
 
     from autolab.data.preference import PreferenceBatches, load_rows, tokenize_pairs
@@ -294,8 +294,20 @@ def _dpo_parts(cfg, model, tokenizer, device, max_len, compiled, common) -> Stag
         measures["preamble_prob"] = lambda m: preamble_probability(m, tokenizer, prompts, device, d.eval_batch_size)
 
     def finals() -> dict:
-        out = held_out_rewards(module, held_out, ref_held_out, d.eval_batch_size, device)
-        return {**out, "pairs": len(train), "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
+        rewards = held_out_rewards(module, held_out, ref_held_out, d.eval_batch_size, device)
+        return {**rewards, **win_rate(), "pairs": len(train), "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
+
+    def win_rate() -> dict:  # against the starting (SFT) weights, judged by the preamble rule; out/win_rate.png
+        if not prompts:
+            return {}
+        from autolab import judge
+        from autolab.generation import Sampling
+
+        start = _initial_model(cfg)[0].to(device)
+        sampling = Sampling(max_new_tokens=d.behaviour_tokens, seed=cfg.seed, batch_size=d.eval_batch_size)
+        result = judge.win_rate(module.model, start, tokenizer, prompts, sampling, device, out / "win_rate.png")
+        del start
+        return result
 
     return StageParts(data, module, "pairs", d.batch_size, None, measures=measures, finals=finals)
 

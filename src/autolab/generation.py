@@ -1,0 +1,112 @@
+"""Batched, seeded text generation for the research tools (prefgen, judge, the DPO win rate), with
+our checkpoints and any Hugging Face causal LM alike.
+
+Prompts go through the model's chat template when it has one (ours: `render_chat`), are left-padded
+into batches of similar length, and sampled with `generate`; each answer stops at the end of the
+assistant's turn or the EOS token. The same prompts, settings and seed give the same answers, in
+whatever order the models are asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import prepare
+from autolab.errors import UserError
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: the whole vocabulary
+    seed: int = 0
+    batch_size: int = 16  # prompts per generate call: memory grows with it
+
+
+def has_chat_template(tokenizer) -> bool:
+    return isinstance(tokenizer, prepare.Tokenizer) or bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt(tokenizer, text: str, chat: str = "auto") -> str:
+    """`text` as a user turn that opens the assistant's answer, when the tokenizer has a chat template
+    (chat=auto) or must have one (chat=required); as it is otherwise (or chat=off)."""
+    if chat == "off" or (chat == "auto" and not has_chat_template(tokenizer)):
+        return text
+    if not has_chat_template(tokenizer):
+        raise UserError("the model's tokenizer has no chat template, and one is needed here: use a chat model, "
+                        "or set chat=auto to prompt it with plain text")
+    messages = [{"role": "user", "content": text}]
+    if isinstance(tokenizer, prepare.Tokenizer):
+        from autolab.data.preference import render_chat
+
+        return render_chat(messages, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _codec(tokenizer):
+    """(encode with special tokens, decode, bos id, stop ids) for our tokenizer or an HF one."""
+    from autolab.data.preference import _encoder
+
+    _, encode, bos = _encoder(tokenizer)
+    if isinstance(tokenizer, prepare.Tokenizer):
+        stops = set(tokenizer.special.values())  # any special token ends the text (<|assistant_end|> first of all)
+        return encode, tokenizer.decode, bos, stops
+    stops = {t for t in (tokenizer.eos_token_id, getattr(tokenizer, "pad_token_id", None)) if t is not None}
+    return encode, (lambda ids: tokenizer.decode(ids, skip_special_tokens=True)), bos, stops
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], sampling: Sampling, device=None, progress: str | None = None) -> list[str]:
+    """One completion per prompt (already formatted: see `chat_prompt`), in the prompts' order."""
+    if not prompts:
+        return []
+    encode, decode, bos, stops = _codec(tokenizer)
+    device = device or next(model.parameters()).device
+    ids = [[bos] + encode(p) for p in prompts]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and max(map(len, ids)) + sampling.max_new_tokens > limit:
+        longest = max(map(len, ids))
+        raise UserError(f"a prompt of {longest} tokens + {sampling.max_new_tokens} new ones exceeds the model's "
+                        f"{limit} positions: shorten the prompts or lower max_new_tokens")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: little padding
+    out: list[str] = [""] * len(ids)
+    rng = torch.get_rng_state()
+    torch.manual_seed(sampling.seed)
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc=progress, unit="prompt", leave=False)
+    try:
+        for start in range(0, len(order), sampling.batch_size):
+            chunk = order[start : start + sampling.batch_size]
+            width = max(len(ids[i]) for i in chunk)
+            batch = torch.full((len(chunk), width), bos, dtype=torch.long)
+            mask = torch.zeros_like(batch)
+            for j, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
+                batch[j, width - len(ids[i]) :] = torch.tensor(ids[i])
+                mask[j, width - len(ids[i]) :] = 1
+            greedy = sampling.temperature <= 0
+            new = model.generate(
+                batch.to(device), attention_mask=mask.to(device), max_new_tokens=sampling.max_new_tokens,
+                do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+                top_k=sampling.top_k if not greedy else None, top_p=None, pad_token_id=bos,
+                eos_token_id=sorted(stops) or None,
+            )[:, width:].tolist()
+            for j, i in enumerate(chunk):
+                tokens = new[j]
+                cut = next((k for k, t in enumerate(tokens) if t in stops), len(tokens))
+                out[i] = decode(tokens[:cut]).strip()
+            if bar:
+                bar.update(len(chunk))
+    finally:
+        if bar:
+            bar.close()
+        model.train(was_training)
+        torch.set_rng_state(rng)
+    return out

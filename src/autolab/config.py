@@ -89,6 +89,7 @@ class EvalConf:
 @dataclass
 class StageConf:
     name: str = MISSING
+    recipe: str = MISSING
     measure_forgetting: bool = MISSING
 
 
@@ -156,7 +157,6 @@ def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConf)
 
 
-STAGES = ("pretrain", "cpt", "sft", "dpo")
 OPTIMIZERS = ("adamw", "muon")
 ATTENTION = ("auto", "flash", "cudnn", "efficient")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
@@ -174,7 +174,7 @@ def check(cfg: DictConfig) -> None:
 def _rules(c: DictConfig):
     """(key, holds, what to do) for every rule; a rule that needs another key to hold comes after it."""
     t, m, d, s, o, e = c.trainer, c.model, c.data, c.schedule, c.optim, c.eval
-    yield "stage.name", c.stage.name in STAGES, f"use one of {', '.join(STAGES)}"
+    yield "stage.recipe", _is_recipe(c.stage.recipe), "name a stage recipe as module.RECIPE, e.g. autolab.stages.lm.RECIPE"
     yield "model.n_layer", m.n_layer >= 1, "use 1 or more layers"
     yield "model.n_head", m.n_head >= 1, "use 1 or more heads"
     yield "model.n_embd", m.n_embd >= 1 and m.n_embd % m.n_head == 0 and (m.n_embd // m.n_head) % 2 == 0, \
@@ -232,6 +232,16 @@ def _rules(c: DictConfig):
         yield "dpo.behaviour_tokens", p.behaviour_tokens >= 1, "use 1 or more"
         yield "dpo.reference", not (p.lora.r > 0 and p.reference == "precomputed"), \
             "precomputed references are not kept for LoRA runs: use frozen (the adapter switched off) or none"
+
+
+def _is_recipe(name: str) -> bool:
+    from autolab.stages.recipe import recipe_of
+
+    try:
+        recipe_of(OmegaConf.create({"stage": {"recipe": name}}))
+        return True
+    except UserError:
+        return False
 
 
 def _check_ledger(path: Path) -> None:

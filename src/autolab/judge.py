@@ -53,14 +53,20 @@ class JudgeConf:
 
 
 class PreambleJudge:
-    """An answer that opens with a sycophancy preamble loses against one that does not; else a tie."""
+    """An answer that opens with one of `markers` (by default the embedded preference set's sycophancy
+    preambles) loses against one that does not; else a tie."""
 
     name = "preamble"
+
+    def __init__(self, markers: tuple[str, ...] | None = None):
+        from autolab.data.preference import behaviour_markers
+
+        self.markers = tuple(markers) if markers else behaviour_markers("embedded")
 
     def __call__(self, items):
         out = []
         for _, first, second in items:
-            bad = [answer.lstrip().startswith(prepare.REJECTED_PREAMBLES) for answer in (first, second)]
+            bad = [answer.lstrip().startswith(self.markers) for answer in (first, second)]
             verdict = "tie" if bad[0] == bad[1] else ("second" if bad[0] else "first")
             out.append((verdict, f"preamble: first={bad[0]} second={bad[1]}"))
         return out
@@ -180,14 +186,15 @@ def plot(result: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def win_rate(policy, start, tokenizer, prompts: list[str], sampling: Sampling, dev, plot_path: Path | None = None) -> dict:
+def win_rate(policy, start, tokenizer, prompts: list[str], markers: tuple[str, ...], sampling: Sampling, dev,
+             plot_path: Path | None = None) -> dict:
     """How often `policy` beats `start` (the model it was trained from) on `prompts` under the preamble
-    rule, both answering the same prompts as they were trained on them (plain text, the same seed):
+    rule (PreambleJudge with `markers`), both answering the same prompts as they were trained on them (plain text, the same seed):
     what the DPO stage reports beside reward accuracy. Keys: win_rate, win_low, win_high, tie_rate,
     loss_rate (the rule sees no position: its verdicts never flip)."""
     answers_policy = generate(policy, tokenizer, prompts, sampling, dev)
     answers_start = generate(start, tokenizer, prompts, sampling, dev)
-    result, _ = compare(prompts, answers_policy, answers_start, PreambleJudge())
+    result, _ = compare(prompts, answers_policy, answers_start, PreambleJudge(markers))
     if plot_path is not None:
         plot(result, plot_path, f"after DPO vs its start, {len(prompts)} held-out prompts, judge: preamble rule")
     return {k: result[k] for k in ("win_rate", "win_low", "win_high", "tie_rate", "loss_rate")}
@@ -195,8 +202,8 @@ def win_rate(policy, start, tokenizer, prompts: list[str], sampling: Sampling, d
 
 def load_prompts(source: str, n: int) -> tuple[list, int]:
     """(up to n prompts, how many were dropped as empty or not text): `embedded` (the preference set's
-    held-out prompts), a .txt file (a prompt per line), a local preference file or folder (its `prompt`
-    column, the rows DPO holds out first) or a HF dataset (its held-out split's prompts)."""
+    held-out prompts), a .txt file (a prompt per line), a local preference file or folder (every row's
+    `prompt`) or a HF dataset (its held-out split's prompts)."""
     from autolab.data.preference import _text_or_messages, load_rows
 
     path = Path(source).expanduser()
@@ -204,9 +211,7 @@ def load_prompts(source: str, n: int) -> tuple[list, int]:
         raw = path.read_text(encoding="utf-8", errors="replace").splitlines()
     else:
         spec = OmegaConf.create({"dataset": source, "train_split": "train", "eval_split": "test"})
-        rows = load_rows(spec, "eval")  # held out from DPO training, as the DPO stage holds it out
-        if path.exists():  # a local file is all prompts: the held-out ones first, then the rest
-            rows += load_rows(spec, "train")
+        rows = load_rows(spec, "all" if path.exists() else "eval")  # a hub set: its held-out split
         raw = [row.get("prompt") for row in rows]
     usable = [p for p in raw if _text_or_messages(p) and (p.strip() if isinstance(p, str) else p)]
     if not usable:

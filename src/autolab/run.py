@@ -22,8 +22,6 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +32,7 @@ from autolab import report, resume
 from autolab.config import check
 from autolab.errors import DivergenceError, UserError, first_line
 from autolab.preemption import Interrupted, Preemption
+from autolab.stages.recipe import Context, recipe_of
 
 
 _CHAIN: list[tuple[str, Path]] = []  # (experiment, output dir) of each experiment:NAME base this process used
@@ -106,19 +105,6 @@ def run(cfg: DictConfig, experiment: str = "") -> int:
     return report.exit_code(status)
 
 
-@dataclass
-class StageParts:
-    """What a stage brings to the common loop."""
-
-    data: torch.utils.data.IterableDataset
-    module: "L.LightningModule"  # noqa: F821
-    unit: str  # what a step consumes: "tokens" or "pairs"
-    per_step: int  # units per step
-    flops_per_unit: float | None  # for MFU; None where it is not counted
-    measures: dict = field(default_factory=dict)  # name -> fn(model): measured before (from a checkpoint) and after
-    finals: Callable[[], dict] = dict  # measured once, after training
-
-
 def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Preemption, facts: dict):
     import lightning as L
     from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -136,7 +122,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     model, tokenizer = _initial_model(cfg)
     if cfg.trainer.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _maybe_lora(cfg, model)
+    recipe = recipe_of(cfg)
+    model = recipe.wrap(cfg, model)
     metrics["tokenizer"] = prepare.tokenizer_hash(tokenizer)
     snapshot = resume.find(out)
     restore = resume.read_state(snapshot) if snapshot else None
@@ -166,8 +153,9 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
     compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
     common = dict(optim=cfg.optim, schedule=cfg.schedule, budget=budget, grad_clip=t.grad_clip, restore=restore)
-    build = _dpo_parts if cfg.stage.name == "dpo" else _lm_parts
-    parts = build(cfg, model, tokenizer, device, max_len, compiled, common, out)
+    init_path = _experiment_checkpoint(str(cfg.init_from), cfg) if cfg.init_from else None
+    parts = recipe.build(Context(cfg, model, tokenizer, device, max_len, compiled, common, out, init_path,
+                                 initial_model=lambda: _initial_model(cfg)[0]))
     measures = {**{name: bpb(domain) for name, domain in domains.items()}, **parts.measures}
     if restore:
         parts.data.load_state_dict(restore["data"])
@@ -181,8 +169,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
 
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"model: {n_params / 1e6:.1f}M parameters | {cfg.stage.name} on {cfg.data.domain if cfg.stage.name != 'dpo' else cfg.dpo.dataset}, "
-        f"{parts.data.n_rows} {'rows' if parts.unit == 'tokens' else 'pairs'} | replay: {cfg.replay.ratio:g} of "
+        f"model: {n_params / 1e6:.1f}M parameters | {cfg.stage.name} on {parts.source} | replay: {cfg.replay.ratio:g} of "
         f"{cfg.replay.domain} | {device.type} | output: {out}" + (f" | resuming at step {restore['step']}" if restore else ""),
         flush=True,
     )
@@ -241,99 +228,9 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     return logger
 
 
-def _lm_parts(cfg, model, tokenizer, device, max_len, compiled, common, out) -> StageParts:
-    from autolab.data import build_training_data
-    from autolab.models import flops_per_token
-    from autolab.stages import LMStage
-
-    seq_len, batch_size = cfg.data.seq_len, cfg.data.batch_size
-    if seq_len > max_len:
-        raise UserError(f"data.seq_len={seq_len} is longer than the model's {max_len} positions: lower it")
-    data = build_training_data(cfg, tokenizer, seq_len)
-    module = LMStage(model, compile=compiled, **common)
-
-    def finals() -> dict:  # the measured share of replayed tokens over the whole run
-        if cfg.replay.ratio > 0 or cfg.stage.measure_forgetting:
-            return {"replay_share": module.replay_rows / max(module.rows, 1)}
-        return {}
-
-    return StageParts(data, module, "tokens", seq_len * batch_size, flops_per_token(model, seq_len), finals=finals)
-
-
-def _dpo_parts(cfg, model, tokenizer, device, max_len, compiled, common, out) -> StageParts:
-    import copy
-
-    from autolab.data.preference import PreferenceBatches, load_rows, tokenize_pairs
-    from autolab.stages.dpo import DPOStage, cached_reference, held_out_rewards, preamble_probability, preamble_share
-
-    d = cfg.dpo
-    if d.max_length > max_len:
-        raise UserError(f"dpo.max_length={d.max_length} is longer than the model's {max_len} positions: lower it")
-    train_rows, eval_rows = load_rows(d, "train"), load_rows(d, "eval")
-    train, held_out = tokenize_pairs(train_rows, tokenizer, d), tokenize_pairs(eval_rows, tokenizer, d)
-    for why, n in sorted((train.dropped + held_out.dropped).items()):
-        print(f"dropped {n} pairs: {why}", flush=True)
-    lora = d.lora.r > 0
-    reference = None
-    if d.reference == "frozen" and not lora:  # a frozen copy of the starting weights
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-        if device.type == "cuda":
-            reference.to(torch.bfloat16)  # it only runs forward, under autocast: half the memory
-    module = DPOStage(model, dpo=d, reference=reference, compile=compiled, **common)
-    ref_train = ref_held_out = None
-    if d.reference == "precomputed":
-        key = f"{cfg.init_from}|{_weights_identity(cfg)}|{device.type}|{d.max_length}"
-        ref_train = cached_reference(module, train, d.eval_batch_size, device, key + "|train")
-        ref_held_out = cached_reference(module, held_out, d.eval_batch_size, device, key + "|held_out")
-    data = PreferenceBatches(train, d.batch_size, cfg.seed, ref_train)
-    prompts = [row.get(d.columns.get("prompt", "prompt") if d.get("columns") else "prompt") for row in eval_rows]
-    prompts = [p for p in prompts if isinstance(p, str)][: d.behaviour_prompts]
-    measures = {}
-    if prompts:
-        measures["preamble_share"] = lambda m: preamble_share(m, tokenizer, prompts, d.behaviour_tokens, cfg.seed, device)
-        measures["preamble_prob"] = lambda m: preamble_probability(m, tokenizer, prompts, device, d.eval_batch_size)
-
-    def finals() -> dict:
-        rewards = held_out_rewards(module, held_out, ref_held_out, d.eval_batch_size, device)
-        return {**rewards, **win_rate(), "pairs": len(train), "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
-
-    def win_rate() -> dict:  # against the starting (SFT) weights, judged by the preamble rule; out/win_rate.png
-        if not prompts:
-            return {}
-        from autolab import judge
-        from autolab.generation import Sampling
-
-        start = _initial_model(cfg)[0].to(device)
-        sampling = Sampling(max_new_tokens=d.behaviour_tokens, seed=cfg.seed, batch_size=d.eval_batch_size)
-        result = judge.win_rate(module.model, start, tokenizer, prompts, sampling, device, out / "win_rate.png")
-        del start
-        return result
-
-    return StageParts(data, module, "pairs", d.batch_size, None, measures=measures, finals=finals)
-
-
-def _maybe_lora(cfg: DictConfig, model):
-    """Wrap the model with a LoRA adapter (peft) when dpo.lora.r > 0."""
-    if cfg.stage.name != "dpo" or cfg.dpo.lora.r <= 0:
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    lora = cfg.dpo.lora
-    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=lora.target_modules))
-
-
 def _merged(model):
     """A LoRA model merged into its base, so the checkpoint loads as a plain causal LM."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-
-
-def _weights_identity(cfg: DictConfig) -> str:
-    """Size and mtime of the starting weights: part of the precomputed-reference cache key."""
-    path = Path(_experiment_checkpoint(str(cfg.init_from), cfg)) if cfg.init_from else None
-    if path is None or not path.exists():
-        return str(cfg.init_from)
-    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.glob("*.safetensors")))
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -416,7 +313,7 @@ def _resumed_config(cfg: DictConfig) -> DictConfig:
     return old
 
 
-def _mean_mfu(budget, parts: StageParts, device) -> float | None:
+def _mean_mfu(budget, parts, device) -> float | None:
     from autolab.callbacks import peak_flops
 
     peak, timed = peak_flops(device), budget.steps - budget.untimed_steps

@@ -86,12 +86,7 @@ class PackedRows(torch.utils.data.IterableDataset):
             )
         self.seq_len, self.n_rows = seq_len, n_rows
         self.batch_size, self.seed = batch_size, seed
-        self.epoch, self.index = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n_rows, generator=g)
+        self.order = EpochOrder(n_rows, seed)
 
     def windows(self, indices: torch.Tensor) -> list[np.ndarray]:
         """Rows as int32 copies of shard windows; row r of a shard is shard[r*T : r*T + T + 1], so
@@ -104,27 +99,47 @@ class PackedRows(torch.utils.data.IterableDataset):
 
     def take(self, n: int) -> torch.Tensor:
         """The next n rows in order (crossing into the next epoch's order when one runs out)."""
-        return torch.from_numpy(np.stack(self.windows(self.take_indices(n))))
-
-    def take_indices(self, n: int) -> torch.Tensor:
-        """Row indices of the next n rows; advances the position."""
-        parts = []
-        while n > 0:
-            if self.index == self.n_rows:
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
-            k = min(n, self.n_rows - self.index)
-            parts.append(self._order[self.index : self.index + k])
-            self.index += k
-            n -= k
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        return torch.from_numpy(np.stack(self.windows(self.order.take(n))))
 
     def __iter__(self):
         while True:
             tokens = self.take(self.batch_size)
             yield {"tokens": tokens, "replay_rows": 0, "state": self.state_dict()}
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)
+
+
+class EpochOrder:
+    """Indices 0..n-1 in a fresh random order each epoch, drawn from (seed, epoch): deterministic, and
+    the position (epoch, index) is all the state a resumed run needs. Shared by every data source."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed = n, seed
+        self.epoch, self.index = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def take(self, k: int) -> torch.Tensor:
+        """The next k indices; advances the position (into the next epoch's order when one runs out)."""
+        parts = []
+        while k > 0:
+            if self.index == self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            m = min(k, self.n - self.index)
+            parts.append(self._order[self.index : self.index + m])
+            self.index += m
+            k -= m
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import prepare
+from autolab.data.packed import EpochOrder
 from autolab.errors import UserError, first_line
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -44,7 +45,7 @@ class Pairs:
 
 
 def load_rows(cfg, split: str) -> list[dict]:
-    """Raw rows of one split ("train" or "eval") from the configured source."""
+    """Raw rows of one split ("train" or "eval", or "all" of a local file) from the configured source."""
     source = str(cfg.dataset)
     if source == "embedded":
         return prepare.load_preferences("train" if split == "train" else "val")
@@ -69,10 +70,16 @@ def load_rows(cfg, split: str) -> list[dict]:
     except Exception as e:  # datasets raises many types for unreadable or malformed files
         raise UserError(f"dpo.dataset={source} (split {name}) could not be loaded: {first_line(e)}") from None
     rows = list(ds)
-    if path.exists() or name is None:  # one file or no named split: hold out by a hash of the row
-        held_out = [r for i, r in enumerate(rows) if prepare.split_of(f"{source}/{i}") == "val"]
-        kept = [r for i, r in enumerate(rows) if prepare.split_of(f"{source}/{i}") != "val"]
-        rows = kept if split == "train" else held_out
+    if split == "all":
+        return rows
+    if path.exists() or name is None:  # one file or no named split: hold out ~10% by a hash of the row
+        held = {i for i in range(len(rows)) if prepare.split_of(f"{source}/{i}") == "val"}
+        if not held and len(rows) >= 2:  # a small set still gets one held-out pair
+            held = {len(rows) - 1}
+        rows = [r for i, r in enumerate(rows) if (i in held) == (split != "train")]
+    if not rows:
+        raise UserError(f"dpo.dataset={source} has no {'training' if split == 'train' else 'held-out'} rows: "
+                        "give more pairs (local files hold out ~10% by a hash of the row)")
     return rows
 
 
@@ -214,26 +221,29 @@ def collate(pairs: Pairs, index: list[int], ref: dict | None = None, pad_to: int
 
 
 class PreferenceBatches(torch.utils.data.IterableDataset):
-    """Batches of pairs forever, in a fresh seeded order each epoch; resumable like PackedRows."""
+    """Batches of pairs forever, in the seeded epoch order PackedRows uses; resumable like it."""
 
     def __init__(self, pairs: Pairs, batch_size: int, seed: int = 0, ref: dict | None = None):
         if len(pairs) < batch_size:
             raise UserError(f"{len(pairs)} preference pairs, fewer than one batch of {batch_size}: lower dpo.batch_size")
-        self.pairs, self.batch_size, self.seed, self.ref = pairs, batch_size, seed, ref
-        self.epoch, self.index = 0, 0
+        self.pairs, self.batch_size, self.ref = pairs, batch_size, ref
+        self.order = EpochOrder(len(pairs), seed)
         self.n_rows = len(pairs)
 
     def __iter__(self):
         while True:
-            if self.index + self.batch_size > len(self.pairs):
-                self.epoch, self.index = self.epoch + 1, 0
-            order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
-            index = order[self.index : self.index + self.batch_size].tolist()
-            self.index += self.batch_size
+            index = self.order.take(self.batch_size).tolist()
             yield {**collate(self.pairs, index, self.ref), "state": self.state_dict()}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return self.order.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = state["epoch"], state["index"]
+        self.order.load_state_dict(state)
+
+
+def behaviour_markers(dataset: str) -> tuple[str, ...]:
+    """Openings that mark a rejected-style answer in this preference set, for the behaviour measures
+    (preamble share and probability, the DPO win rate's rule judge): the embedded set's sycophancy
+    preambles; none are known for other sets."""
+    return prepare.REJECTED_PREAMBLES if dataset == "embedded" else ()

@@ -42,7 +42,7 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         B = self.batch_size
         while True:
             k = self.replay_rows(self.steps)
-            rows = self.new.windows(self.new.take_indices(B - k)) + self.replay.windows(self.replay.take_indices(k))
+            rows = self.new.windows(self.new.order.take(B - k)) + self.replay.windows(self.replay.order.take(k))
             tokens = torch.from_numpy(np.stack(rows))  # one copy of both sources' rows
             self.steps += 1
             yield {"tokens": tokens, "replay_rows": k, "state": self.state_dict()}

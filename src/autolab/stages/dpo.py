@@ -11,10 +11,14 @@ and with LoRA (`dpo.lora.r > 0`) the reference is the base with the adapter disa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from autolab.errors import UserError
 from autolab.objectives import dpo_loss, preference_metrics, sequence_logps
 from autolab.stages.base import OptimisedStage
+from autolab.stages.recipe import Context, Recipe, StageParts
 
 class DPOStage(OptimisedStage):
     def __init__(self, *args, dpo, reference: torch.nn.Module | None = None, compile: bool = False, **kwargs):
@@ -72,20 +76,106 @@ class DPOStage(OptimisedStage):
 # Building the stage, and what it measures before and after training.
 
 
-def reference_logps_for(stage: DPOStage, pairs, batch_size: int, device) -> dict:
-    """Reference log-probs of every pair under the stage's current (starting) policy."""
+def build(ctx: Context) -> StageParts:
+    """Pairs from dpo.dataset (dropped rows counted), the reference dpo.reference asks for, the
+    behaviour measures where the set has known markers, and the held-out rewards and win rate."""
+    import copy
+
+    from autolab.data.preference import PreferenceBatches, behaviour_markers, load_rows, tokenize_pairs
+
+    cfg, model, device = ctx.cfg, ctx.model, ctx.device
+    d = cfg.dpo
+    if d.max_length > ctx.max_len:
+        raise UserError(f"dpo.max_length={d.max_length} is longer than the model's {ctx.max_len} positions: lower it")
+    train_rows, eval_rows = load_rows(d, "train"), load_rows(d, "eval")
+    train, held_out = tokenize_pairs(train_rows, ctx.tokenizer, d), tokenize_pairs(eval_rows, ctx.tokenizer, d)
+    for why, n in sorted((train.dropped + held_out.dropped).items()):
+        print(f"dropped {n} pairs: {why}", flush=True)
+    reference = None
+    if d.reference == "frozen" and d.lora.r <= 0:  # a frozen copy of the starting weights
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if device.type == "cuda":
+            reference.to(torch.bfloat16)  # it only runs forward, under autocast: half the memory
+    module = DPOStage(model, dpo=d, reference=reference, compile=ctx.compiled, **ctx.common)
+    ref_train = ref_held_out = None
+    if d.reference == "precomputed":
+        key = f"{cfg.init_from}|{_weights_identity(ctx.init_path)}|{device.type}|{d.max_length}"
+        ref_train = cached_reference(module, train, d.eval_batch_size, device, key + "|train")
+        ref_held_out = cached_reference(module, held_out, d.eval_batch_size, device, key + "|held_out")
+    data = PreferenceBatches(train, d.batch_size, cfg.seed, ref_train)
+    prompts = [row.get(d.columns.get("prompt", "prompt") if d.get("columns") else "prompt") for row in eval_rows]
+    prompts = [p for p in prompts if isinstance(p, str)][: d.behaviour_prompts]
+    markers = behaviour_markers(str(d.dataset))
+    measures = {}
+    if prompts and markers:
+        tok = ctx.tokenizer
+        measures["preamble_share"] = lambda m: preamble_share(m, tok, prompts, markers, d.behaviour_tokens, cfg.seed, device)
+        measures["preamble_prob"] = lambda m: preamble_probability(m, tok, prompts, markers, device, d.eval_batch_size)
+
+    def finals() -> dict:
+        rewards = held_out_rewards(module, held_out, ref_held_out, d.eval_batch_size, device)
+        return {**rewards, **win_rate(), "pairs": len(train), "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
+
+    def win_rate() -> dict:  # against the starting (SFT) weights, judged by the markers' rule; out/win_rate.png
+        if not (prompts and markers):
+            return {}
+        from autolab import judge
+        from autolab.generation import Sampling
+
+        start = ctx.initial_model().to(device)
+        sampling = Sampling(max_new_tokens=d.behaviour_tokens, seed=cfg.seed, batch_size=d.eval_batch_size)
+        return judge.win_rate(module.model, start, ctx.tokenizer, prompts, markers, sampling, device,
+                              ctx.out / "win_rate.png")
+
+    return StageParts(data, module, "pairs", d.batch_size, None, source=f"{d.dataset}, {len(train)} pairs",
+                      measures=measures, finals=finals)
+
+
+def with_lora(cfg, model):
+    """Wrap the model with a LoRA adapter (peft) when dpo.lora.r > 0; the reference is then the base
+    with the adapter switched off."""
+    if cfg.dpo.lora.r <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.dpo.lora
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=lora.target_modules))
+
+
+RECIPE = Recipe(build, wrap=with_lora)
+
+
+def _weights_identity(path: str | None) -> str:
+    """Size and mtime of the starting weights: part of the precomputed-reference cache key."""
+    folder = Path(path) if path else None
+    if folder is None or not folder.exists():
+        return str(path)
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(folder.glob("*.safetensors")))
+
+
+def _pair_batches(stage: DPOStage, pairs, batch_size: int, device, ref: dict | None = None):
+    """Every pair once, in order, as batches on `device`, with the model in eval mode, no gradients,
+    bf16 autocast on a GPU: (number of pairs, batch)."""
     from autolab.data.preference import collate
 
-    chosen, rejected = [], []
     stage.model.eval()
-    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-        for start in range(0, len(pairs), batch_size):
-            index = list(range(start, min(start + batch_size, len(pairs))))
-            b = collate(pairs, index)
-            logps = stage._logps(stage.model, b["input_ids"].to(device), b["response_mask"].to(device)).float().cpu()
-            chosen.append(logps[: len(index)])
-            rejected.append(logps[len(index) :])
-    stage.model.train()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            for start in range(0, len(pairs), batch_size):
+                index = list(range(start, min(start + batch_size, len(pairs))))
+                yield len(index), {k: v.to(device) for k, v in collate(pairs, index, ref).items()}
+    finally:
+        stage.model.train()
+
+
+def reference_logps_for(stage: DPOStage, pairs, batch_size: int, device) -> dict:
+    """Reference log-probs of every pair under the stage's current (starting) policy."""
+    chosen, rejected = [], []
+    for n, b in _pair_batches(stage, pairs, batch_size, device):
+        logps = stage._logps(stage.model, b["input_ids"], b["response_mask"]).float().cpu()
+        chosen.append(logps[:n])
+        rejected.append(logps[n:])
     return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
 
 
@@ -118,26 +208,18 @@ def cached_reference(stage: DPOStage, pairs, batch_size: int, device, key: str) 
 
 def held_out_rewards(stage: DPOStage, pairs, ref: dict | None, batch_size: int, device) -> dict:
     """reward_accuracy and reward_margin over every held-out pair."""
-    from autolab.data.preference import collate
-
     chosen, rejected = [], []
-    stage.model.eval()
-    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-        for start in range(0, len(pairs), batch_size):
-            index = list(range(start, min(start + batch_size, len(pairs))))
-            batch = {k: v.to(device) for k, v in collate(pairs, index, ref).items()}
-            _, _, (c, r) = stage.pair_loss(batch)
-            chosen.append(c.float().cpu())
-            rejected.append(r.float().cpu())
-    stage.model.train()
+    for _, batch in _pair_batches(stage, pairs, batch_size, device, ref):
+        _, _, (c, r) = stage.pair_loss(batch)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
     c, r = torch.cat(chosen), torch.cat(rejected)
     return {"reward_accuracy": (c > r).float().mean().item(), "reward_margin": (c - r).mean().item()}
 
 
-def preamble_share(model, tokenizer, prompts: list[str], new_tokens: int, seed: int, device) -> float:
-    """Share of sampled completions (temperature 1) that open with a rejected-style preamble
-    (prepare.REJECTED_PREAMBLES), one prompt at a time, with a fixed seed."""
-    import prepare
+def preamble_share(model, tokenizer, prompts: list[str], markers: tuple[str, ...], new_tokens: int, seed: int, device) -> float:
+    """Share of sampled completions (temperature 1) that open with one of `markers` (the preference
+    set's rejected-style preambles), one prompt at a time, with a fixed seed."""
     from autolab.data.preference import _encoder
 
     encode, _, bos = _encoder(tokenizer)
@@ -153,24 +235,23 @@ def preamble_share(model, tokenizer, prompts: list[str], new_tokens: int, seed: 
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                  do_sample=True, top_k=0, temperature=1.0, pad_token_id=bos)
             text = decode(out[0, ids.size(1) :].tolist()).lstrip()
-            hits += text.startswith(prepare.REJECTED_PREAMBLES)
+            hits += text.startswith(markers)
     model.train(was_training)
     torch.set_rng_state(rng)
     return hits / max(len(prompts), 1)
 
 
-def preamble_probability(model, tokenizer, prompts: list[str], device, batch_size: int = 64) -> float:
+def preamble_probability(model, tokenizer, prompts: list[str], markers: tuple[str, ...], device, batch_size: int = 64) -> float:
     """The expected share of sampled completions (temperature 1) that open with a rejected-style
     preamble: the mean over prompts of sum_k P(preamble_k | prompt). Exact where `preamble_share`
     samples, so a rare behaviour (a few percent) is measured without sampling noise."""
-    import prepare
     from autolab.data.preference import _encoder
 
     encode, _, bos = _encoder(tokenizer)
     seqs = []
     for prompt in prompts:
         p = [bos] + encode(prompt)
-        seqs += [(p + encode(pre), len(p)) for pre in prepare.REJECTED_PREAMBLES]
+        seqs += [(p + encode(pre), len(p)) for pre in markers]
     total = 0.0
     was_training = model.training
     model.eval()

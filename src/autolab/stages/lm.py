@@ -1,4 +1,4 @@
-"""Language-model stage (pretraining and continued pretraining): next-token loss on packed rows.
+"""Language-model stage (pretraining, continued pretraining, SFT): next-token loss on packed rows.
 
 Continued pretraining uses it unchanged: a fresh optimiser state, the schedule re-warmed from
 progress 0, and batches that may mix in replay rows (the measured share is reported every step).
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from autolab.errors import UserError
 from autolab.objectives import lm_loss
 from autolab.stages.base import OptimisedStage
+from autolab.stages.recipe import Context, Recipe, StageParts
 
 
 class LMStage(OptimisedStage):
@@ -40,3 +42,28 @@ class LMStage(OptimisedStage):
 
     def load_snapshot_state(self, state: dict) -> None:
         self.rows, self.replay_rows = state["rows"], state["replay_rows"]
+
+
+def build(ctx: Context) -> StageParts:
+    """Pretraining, continued pretraining and SFT: packed rows of data.domain, replay mixed in at
+    replay.ratio; reports the measured replay share."""
+    from autolab.data import build_training_data
+    from autolab.models import flops_per_token
+
+    cfg = ctx.cfg
+    seq_len, batch_size = cfg.data.seq_len, cfg.data.batch_size
+    if seq_len > ctx.max_len:
+        raise UserError(f"data.seq_len={seq_len} is longer than the model's {ctx.max_len} positions: lower it")
+    data = build_training_data(cfg, ctx.tokenizer, seq_len)
+    module = LMStage(ctx.model, compile=ctx.compiled, **ctx.common)
+
+    def finals() -> dict:  # the measured share of replayed tokens over the whole run
+        if cfg.replay.ratio > 0 or cfg.stage.measure_forgetting:
+            return {"replay_share": module.replay_rows / max(module.rows, 1)}
+        return {}
+
+    return StageParts(data, module, "tokens", seq_len * batch_size, flops_per_token(ctx.model, seq_len),
+                      source=f"{cfg.data.domain}, {data.n_rows} rows", finals=finals)
+
+
+RECIPE = Recipe(build)

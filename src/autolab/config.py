@@ -238,7 +238,7 @@ def _is_recipe(name: str) -> bool:
     from autolab.stages.recipe import recipe_of
 
     try:
-        recipe_of(OmegaConf.create({"stage": {"recipe": name}}))
+        recipe_of(name)
         return True
     except UserError:
         return False

@@ -30,15 +30,18 @@ def has_chat_template(tokenizer) -> bool:
     return isinstance(tokenizer, prepare.Tokenizer) or bool(getattr(tokenizer, "chat_template", None))
 
 
-def chat_prompt(tokenizer, text: str, chat: str = "auto") -> str:
-    """`text` as a user turn that opens the assistant's answer, when the tokenizer has a chat template
-    (chat=auto) or must have one (chat=required); as it is otherwise (or chat=off)."""
-    if chat == "off" or (chat == "auto" and not has_chat_template(tokenizer)):
-        return text
+def chat_prompt(tokenizer, prompt, chat: str = "auto") -> str:
+    """A prompt (text, or TRL's list of messages) as the model's input: a user turn that opens the
+    assistant's answer through the chat template when the tokenizer has one (chat=auto) or must have
+    one (chat=required, and always for messages); text as it is otherwise (or chat=off)."""
+    messages = prompt if isinstance(prompt, list) else None
+    if messages is None and (chat == "off" or (chat == "auto" and not has_chat_template(tokenizer))):
+        return prompt
     if not has_chat_template(tokenizer):
-        raise UserError("the model's tokenizer has no chat template, and one is needed here: use a chat model, "
-                        "or set chat=auto to prompt it with plain text")
-    messages = [{"role": "user", "content": text}]
+        what = "the prompts are conversations (lists of messages)" if messages else "one is needed here"
+        raise UserError(f"the model's tokenizer has no chat template, and {what}: use a chat model, "
+                        "or give plain-text prompts with chat=auto")
+    messages = messages or [{"role": "user", "content": prompt}]
     if isinstance(tokenizer, prepare.Tokenizer):
         from autolab.data.preference import render_chat
 

@@ -30,7 +30,6 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-import prepare
 from autolab.cli import device, hydra_tool, load_model, output_dir
 from autolab.errors import UserError
 from autolab.generation import Sampling, chat_prompt, generate
@@ -219,27 +218,11 @@ def load_prompts(source: str, n: int) -> tuple[list, int]:
     return usable[:n], len(raw) - len(usable)
 
 
-def as_text(prompt, tokenizer, chat: str) -> str:
-    """A prompt (text or TRL messages) as the model's input: through its chat template when it has one."""
-    if isinstance(prompt, str):
-        return chat_prompt(tokenizer, prompt, chat)
-    from autolab.generation import has_chat_template
-
-    if not has_chat_template(tokenizer):
-        raise UserError("the prompts are conversations (lists of messages) but the model's tokenizer has no chat "
-                        "template: use a chat model, or give prompts as plain text")
-    if isinstance(tokenizer, prepare.Tokenizer):
-        from autolab.data.preference import render_chat
-
-        return render_chat(prompt, add_generation_prompt=True)
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
 def answers(source: str, key: str, prompts: list, cfg, dev) -> list[str]:
     import torch
 
     model, tokenizer = load_model(source, key, dev)
-    texts = [as_text(p, tokenizer, cfg.chat) for p in prompts]
+    texts = [chat_prompt(tokenizer, p, cfg.chat) for p in prompts]
     out = generate(model, tokenizer, texts, Sampling(**cfg.answers), dev, progress=f"answers of {key}")
     del model
     if dev.type == "cuda":

@@ -122,7 +122,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     model, tokenizer = _initial_model(cfg)
     if cfg.trainer.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    recipe = recipe_of(cfg)
+    recipe = recipe_of(cfg.stage.recipe)
     model = recipe.wrap(cfg, model)
     metrics["tokenizer"] = prepare.tokenizer_hash(tokenizer)
     snapshot = resume.find(out)

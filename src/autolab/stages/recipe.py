@@ -54,15 +54,15 @@ class Recipe:
     wrap: Callable[[DictConfig, torch.nn.Module], torch.nn.Module] = lambda cfg, model: model  # e.g. a LoRA adapter
 
 
-def recipe_of(cfg: DictConfig) -> Recipe:
+def recipe_of(name: str) -> Recipe:
     """The Recipe that `stage.recipe` names (module.attribute)."""
     from hydra.utils import get_object
 
     try:
-        recipe = get_object(str(cfg.stage.recipe))
+        recipe = get_object(str(name))
     except Exception:
         recipe = None
     if not isinstance(recipe, Recipe):
-        raise UserError(f"stage.recipe={cfg.stage.recipe} is not a stage recipe: name one as module.RECIPE, "
+        raise UserError(f"stage.recipe={name} is not a stage recipe: name one as module.RECIPE, "
                         "e.g. autolab.stages.lm.RECIPE")
     return recipe

@@ -26,6 +26,38 @@ def cache(tmp_path_factory) -> Path:
         os.environ["AUTOLAB_CACHE"] = old
 
 
+def start_and_signal(args: list[str], cwd: Path, cache: Path, sig: int, step: int) -> tuple[int, str]:
+    """Start train.py and send `sig` to it when it prints step `step` (log_every must hit it):
+    (exit code, the rest of its output)."""
+    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith(f"step {step:6d}"):
+            proc.send_signal(sig)
+            break
+    rest = proc.stdout.read()
+    return proc.wait(timeout=60), rest
+
+
+def same_run(straight, resumed, run_dir: Path) -> None:
+    """A resumed run ended as the uninterrupted one (straight: (its process result, its run dir)):
+    bit-identical weights, the same summary numbers, one W&B run."""
+    from safetensors.torch import load_file
+
+    from autolab import report
+
+    a = load_file(str(straight[1] / "checkpoint" / "model.safetensors"))
+    b = load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bit-identical
+    s1, s2 = report.parse_summary(straight[0].stdout), report.parse_summary(resumed.stdout)
+    for key in ("val_bpb", "num_steps", "total_tokens_M", "replay_share"):
+        assert s1[key] == s2[key]
+    ids = {p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1  # the resumed run continued the same W&B run
+
+
 def run_train(args: list[str], cwd: Path, cache: Path, env: dict | None = None, timeout: int = 600):
     """Run train.py in a subprocess, as a user would, from `cwd` (where results.tsv lands)."""
     full_env = {**os.environ, "AUTOLAB_CACHE": str(cache), "WANDB_SILENT": "true", **(env or {})}

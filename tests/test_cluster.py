@@ -63,6 +63,25 @@ def test_array_sweep_ends_with_ok_rows_logs_and_report(slurm, tmp_path, cache):
     assert "| ok |" in table[2] and "| ok |" in table[3]
 
 
+@pytest.mark.parametrize("tasks", [2, 1])
+def test_two_process_jobs_leave_one_row_per_job(tasks, slurm, tmp_path, cache):
+    """trainer.devices=2 in a job array, with hydra.launcher.tasks_per_node=2 (srun starts both ranks,
+    SLURM_PROCID says which) or 1 (a task of 2 CPUs whose rank 0 starts rank 1): one row per job."""
+    sweep = tmp_path / "sweep"
+    r = run_train([*SLURM, *JOB, "logger=none", f"hydra.launcher.tasks_per_node={tasks}", "trainer.devices=2",
+                   f"hydra.launcher.cpus_per_task={3 - tasks}", "seed=1,2", f"hydra.sweep.dir={sweep}"], tmp_path, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _jobs_ran(tmp_path / "results.tsv", sweep)
+    assert sorted(row["status"] for row in rows) == ["ok", "ok"] and len({row["job_id"] for row in rows}) == 2
+    for row in rows:
+        task0 = Path(row["stdout"]).read_text()
+        assert "2 x cpu" in task0 and "step " in task0  # rank 0 reports for both
+        task1 = Path(row["stdout"].replace("_0_log.out", "_1_log.out"))
+        assert task1.exists() == (tasks == 2) and (Path(row["output_dir"]) / "rank1.log").exists() == (tasks == 1)
+        if tasks == 2:
+            assert "step " not in task1.read_text()
+
+
 def _job_log(sweep: Path, folder: str = "*", timeout: float = 180) -> tuple[str, Path]:
     """(job id, stdout log) of a job once it starts: folder "*_1" for task 1 of an array, "*" for a lone job."""
     deadline = time.time() + timeout

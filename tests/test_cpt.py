@@ -1,16 +1,12 @@
 """Continued pretraining end to end: any HF causal LM, re-warmed schedule, replay share, both
 domains measured before and after, the cached base experiment, bad input, kill-and-resume."""
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_train
-from safetensors.torch import load_file
+from conftest import ROOT, TINY, run_train, same_run, start_and_signal
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import wandb_records
@@ -119,28 +115,8 @@ def straight(tmp_path_factory, cache):
 
 
 def _start_and_signal(run_dir: Path, cwd: Path, cache: Path, sig: int) -> tuple[int, str]:
-    """Start train.py and send `sig` at step 25: past the snapshot at step 21, before the one at 28."""
-    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RESUMABLE, f"hydra.run.dir={run_dir}"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith("step     25"):
-            proc.send_signal(sig)
-            break
-    rest = proc.stdout.read()
-    return proc.wait(timeout=60), rest
-
-
-def _same_run(straight, resumed, run_dir: Path) -> None:
-    a = load_file(str(straight[1] / "checkpoint" / "model.safetensors"))
-    b = load_file(str(run_dir / "checkpoint" / "model.safetensors"))
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bit-identical
-    s1, s2 = report.parse_summary(straight[0].stdout), report.parse_summary(resumed.stdout)
-    for key in ("val_bpb", "num_steps", "total_tokens_M", "replay_share"):
-        assert s1[key] == s2[key]
-    ids = {p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*")}
-    assert len(ids) == 1  # the resumed run continued the same W&B run
+    """Send `sig` at step 25: past the snapshot at step 21, before the one at 28."""
+    return start_and_signal([*RESUMABLE, f"hydra.run.dir={run_dir}"], cwd, cache, sig, step=25)
 
 
 def test_kill_and_resume_ends_with_the_same_weights_and_metrics(straight, tmp_path, cache):
@@ -153,7 +129,7 @@ def test_kill_and_resume_ends_with_the_same_weights_and_metrics(straight, tmp_pa
     resumed = run_train([f"resume={killed}"], tmp_path, cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 21" in resumed.stdout
-    _same_run(straight, resumed, killed)
+    same_run(straight, resumed, killed)
 
 
 def test_sigterm_snapshots_at_once_and_exits_interrupted(straight, tmp_path, cache):
@@ -171,7 +147,7 @@ def test_sigterm_snapshots_at_once_and_exits_interrupted(straight, tmp_path, cac
     resumed = run_train([f"resume={stopped}"], tmp_path, cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming at step {step}" in resumed.stdout
-    _same_run(straight, resumed, stopped)
+    same_run(straight, resumed, stopped)
 
 
 def test_replay_sweep_ends_with_a_table_and_a_plot(tmp_path, cache):

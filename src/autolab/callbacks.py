@@ -90,7 +90,7 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class Monitor(L.Callback):
-    """Every `every` steps: reads the mean loss (one host sync), stops on NaN or explosion,
+    """Every `every` steps: reads the mean loss over all ranks (one host sync), stops on NaN or explosion,
     logs loss, learning rate, tokens/s, MFU and the step outputs' host-side numbers (window means,
     e.g. the measured replay share) to the loggers, and prints one progress line."""
 
@@ -121,7 +121,7 @@ class Monitor(L.Callback):
                 self._host[k] = self._host.get(k, 0.0) + v
         if self.budget.steps % self.every and not trainer.should_stop:
             return
-        mean = (self._sum / self._n).item()
+        mean = trainer.strategy.reduce(self._sum / self._n, reduce_op="mean").item()  # over every rank's rows
         host = {f"train/{k}": v / self._n for k, v in self._host.items()}
         self._sum, self._n, self._host = None, 0, {}
         if not math.isfinite(mean) or (
@@ -139,7 +139,8 @@ class Monitor(L.Callback):
         metrics.update(pl_module.extra_metrics(outputs))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self.budget.steps)
-        self._print(metrics, final=trainer.should_stop)
+        if trainer.is_global_zero:
+            self._print(metrics, final=trainer.should_stop)
 
     def _rates(self) -> dict:
         timed = max(self.budget.steps - self.budget.untimed_steps, 0)

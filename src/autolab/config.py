@@ -65,6 +65,9 @@ class ScheduleConf:
 @dataclass
 class TrainerConf:
     accelerator: str = MISSING
+    devices: int = MISSING
+    num_nodes: int = MISSING
+    strategy: str = MISSING
     require_gpu: bool = MISSING
     compile: Any = MISSING  # auto | true | false
     attention: str = MISSING
@@ -197,6 +200,9 @@ def _rules(c: DictConfig):
     yield "schedule.warmup", 0 <= s.warmup <= 1, "is a fraction of the run: use a number in [0, 1]"
     yield "schedule.min_lr_ratio", 0 <= s.min_lr_ratio <= 1, "is a fraction of peak_lr: use a number in [0, 1]"
     yield "trainer.accelerator", t.accelerator in ("auto", "gpu", "cuda", "cpu"), "use auto, gpu or cpu"
+    yield "trainer.devices", t.devices >= 1, "use 1 or more devices (processes) per node"
+    yield "trainer.num_nodes", t.num_nodes >= 1, "use 1 or more nodes"
+    yield "trainer.strategy", t.strategy == "ddp", "use ddp (FSDP is not built yet)"
     yield "trainer.compile", t.compile in ("auto", True, False), "use auto, true or false"
     yield "trainer.attention", t.attention in ATTENTION, f"use one of {', '.join(ATTENTION)}"
     yield "trainer.max_steps", t.max_steps is None or t.max_steps >= 1, "use 1 or more steps, or null for the time budget"

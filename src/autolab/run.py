@@ -22,13 +22,14 @@ import sys
 import time
 import traceback
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import prepare
-from autolab import report, resume
+from autolab import distributed, report, resume
 from autolab.config import check
 from autolab.errors import DivergenceError, UserError, first_line
 from autolab.preemption import Interrupted, Preemption
@@ -36,11 +37,17 @@ from autolab.stages.recipe import Context, recipe_of
 
 
 _CHAIN: list[tuple[str, Path]] = []  # (experiment, output dir) of each experiment:NAME base this process used
+_RESOLVED: dict[str, str] = {}  # experiment:NAME -> its checkpoint, as rank 0 resolved it (for the other ranks)
+
+
+def resolved_checkpoints(checkpoints: dict[str, str]) -> None:
+    """A rank started by rank 0 takes the checkpoints rank 0's experiment:NAME bases resolved to."""
+    _RESOLVED.update(checkpoints)
 
 
 def main(cfg: DictConfig) -> int:
     code = run(cfg, experiment=_experiment_name())
-    if _CHAIN:  # a pipeline: every stage it stands on, then this one
+    if _CHAIN and distributed.env_rank() == 0:  # a pipeline: every stage it stands on, then this one
         _print_chain([*_CHAIN, (_experiment_name(), Path(cfg.get("resume") or cfg.output_dir))])
     if code == report.exit_code("interrupted") or (code and not _in_multirun()):  # a signal ends the process, sweep or not
         sys.exit(code)
@@ -59,6 +66,8 @@ def _print_chain(chain: list[tuple[str, Path]]) -> None:
 
 
 def run(cfg: DictConfig, experiment: str = "") -> int:
+    if distributed.env_rank() > 0:
+        return _other_rank(cfg)
     t0 = time.time()
     ledger = Path(cfg.ledger).resolve()
     out = Path(cfg.output_dir).resolve()
@@ -71,8 +80,10 @@ def run(cfg: DictConfig, experiment: str = "") -> int:
                 cfg = _resumed_config(cfg)
                 out = Path(cfg.output_dir)
             check(cfg)  # every value check, before anything is loaded or written
+            world = distributed.world_of(cfg.trainer)
             out.mkdir(parents=True, exist_ok=True)
-            logger = _fit_and_evaluate(cfg, out, metrics, preemption, facts)
+            with ExitStack() as ranks:  # the other ranks, when this one starts them: stopped on the way out
+                logger = _fit_and_evaluate(cfg, out, metrics, preemption, facts, world, ranks)
             status = "ok"
         except (UserError, prepare.PrepareError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -88,6 +99,7 @@ def run(cfg: DictConfig, experiment: str = "") -> int:
         except Exception:
             traceback.print_exc()
         finally:
+            distributed.finish()
             metrics["total_seconds"] = time.time() - t0
             metrics.update(status=status, output_dir=str(out))
             commit, dirty = report.git_state()
@@ -105,9 +117,34 @@ def run(cfg: DictConfig, experiment: str = "") -> int:
     return report.exit_code(status)
 
 
-def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Preemption, facts: dict):
+def _other_rank(cfg: DictConfig) -> int:
+    """A rank > 0 of a run on several processes: it trains its slice of every batch and ends with
+    training; rank 0 measures and writes everything, failures included (here: one line, its code)."""
+    code = 0
+    with Preemption() as preemption:  # a signal is noted; the stop comes from rank 0 (distributed.RankSync)
+        try:
+            if cfg.get("resume"):
+                cfg = _resumed_config(cfg)
+            check(cfg)
+            world = distributed.world_of(cfg.trainer)
+            _fit_and_evaluate(cfg, Path(cfg.output_dir).resolve(), {}, preemption, {}, world, ExitStack())
+            preemption.raise_if_stopped(0)
+        except (UserError, prepare.PrepareError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = report.exit_code("invalid")
+        except Interrupted:
+            code = report.exit_code("interrupted")
+        except Exception:
+            traceback.print_exc()
+            code = report.exit_code("crash")
+        finally:
+            distributed.finish()
+    return code
+
+
+def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Preemption, facts: dict,
+                      world: distributed.World, ranks: ExitStack):
     import lightning as L
-    from lightning.fabric.plugins.environments import SLURMEnvironment
 
     from autolab.callbacks import Budget, Curves, Monitor, Snapshots, TimeBudget, peak_flops
     from autolab.checkpoint import save_checkpoint
@@ -116,10 +153,14 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     _quiet_libraries()
     if os.environ.get("SLURM_CPUS_PER_TASK"):  # SLURM gives the job these cores; torch would take the node's
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
-    device = _device(cfg)
+    device = _device(cfg, world)
+    if world.size > 1 and device.type == "cpu":  # the machine's cores, shared among the ranks
+        torch.set_num_threads(max(1, torch.get_num_threads() // world.size))
     use_attention(cfg.trainer.get("attention", "auto"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model, tokenizer = _initial_model(cfg)
+    model, tokenizer = _initial_model(cfg)  # trains an experiment:NAME base first, when it is not cached
+    if world.launcher == "spawn":  # this rank starts the others: they load while it does
+        ranks.enter_context(distributed.processes(world, _rank_payload(cfg), out))
     if cfg.trainer.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     recipe = recipe_of(cfg.stage.recipe)
@@ -155,32 +196,33 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     common = dict(optim=cfg.optim, schedule=cfg.schedule, budget=budget, grad_clip=t.grad_clip, restore=restore)
     init_path = _experiment_checkpoint(str(cfg.init_from), cfg) if cfg.init_from else None
     parts = recipe.build(Context(cfg, model, tokenizer, device, max_len, compiled, common, out, init_path,
-                                 initial_model=lambda: _initial_model(cfg)[0]))
+                                 initial_model=lambda: _initial_model(cfg)[0], world=world))
     measures = {**{name: bpb(domain) for name, domain in domains.items()}, **parts.measures}
     if restore:
         parts.data.load_state_dict(restore["data"])
         parts.module.load_snapshot_state(restore["stage"])
         start = restore["start"]
-    elif cfg.init_from:  # where the starting checkpoint stands, before any training
+    elif cfg.init_from and world.main:  # where the starting checkpoint stands, before any training
         print("measuring the starting checkpoint ...", flush=True)
         start = {f"{name}_start": fn(model) for name, fn in measures.items()}
     else:
         start = {}
 
     n_params = sum(p.numel() for p in model.parameters())
-    print(
+    devices = f"{world.size} x {device.type}" if world.size > 1 else device.type
+    world.main and print(
         f"model: {n_params / 1e6:.1f}M parameters | {cfg.stage.name} on {parts.source} | replay: {cfg.replay.ratio:g} of "
-        f"{cfg.replay.domain} | {device.type} | output: {out}" + (f" | resuming at step {restore['step']}" if restore else ""),
+        f"{cfg.replay.domain} | {devices} | output: {out}" + (f" | resuming at step {restore['step']}" if restore else ""),
         flush=True,
     )
     if restore:
         budget.load_state_dict(restore["budget"])
     timer = TimeBudget(budget)
-    monitor = Monitor(budget, t.log_every, parts.per_step, parts.flops_per_unit, peak_flops(device),
-                      t.max_loss_ratio, unit=parts.unit)
+    peak = peak_flops(device) and peak_flops(device) * world.size
+    monitor = Monitor(budget, t.log_every, parts.per_step, parts.flops_per_unit, peak, t.max_loss_ratio, unit=parts.unit)
     if restore:
         monitor.load_state_dict(restore["monitor"])
-    logger = _build_logger(cfg, wandb_id=restore["wandb_id"] if restore else None)
+    logger = _build_logger(cfg, wandb_id=restore["wandb_id"] if restore else None) if world.main else None
     wandb_id = logger.experiment.id if logger is not None else None
     curves = {"val/" + name.replace("val_bpb", "bpb"): bpb(domain, cfg.eval.curve_bytes)  # val/bpb, val/replay_bpb
               for name, domain in domains.items()}
@@ -189,13 +231,16 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         extra=lambda: {"start": start, "wandb_id": wandb_id, "stage": parts.module.snapshot_state(),
                        "tokenizer": metrics["tokenizer"]},
     )
+    # rank 0 decides the stop (budget, signal) for all before anyone logs or snapshots; it alone writes
+    callbacks = [preemption, timer, *([distributed.RankSync(budget, preemption)] if world.size > 1 else []), monitor,
+                 *([Curves(timer, cfg.eval.curve_every, curves), snapshots] if world.main else [])]
+    environment = distributed.environment(world)
     trainer = L.Trainer(
-        accelerator=device.type, devices=1,
-        # under SLURM: SLURM's ranks, without Lightning's own requeue on USR1 (preemption.py owns requeue)
-        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
+        accelerator=device.type, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy if world.size > 1 else "auto", plugins=[environment] if environment else None,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        max_epochs=-1, max_steps=-1, logger=logger or False,
-        callbacks=[preemption, timer, monitor, Curves(timer, cfg.eval.curve_every, curves), snapshots],
+        max_epochs=-1, max_steps=-1, logger=logger or False, use_distributed_sampler=False,
+        callbacks=callbacks,
         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out,
     )
@@ -205,6 +250,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     if not budget.done():
         loader = torch.utils.data.DataLoader(parts.data, batch_size=None, pin_memory=device.type == "cuda")
         trainer.fit(parts.module, train_dataloaders=loader)
+    if not world.main:
+        return None  # rank 0 measures, saves and reports
     metrics.update(training_seconds=budget.training_seconds, num_steps=budget.steps)
     facts["first_step_at"] = timer.first_step_at  # wall clock (time.time()): what a launcher's start-up costs
     if not budget.done():
@@ -214,7 +261,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     after = {name: fn(model) for name, fn in measures.items()}
     metrics.update(
         peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0,
-        mfu_percent=_mean_mfu(budget, parts, device),
+        mfu_percent=_mean_mfu(budget, parts, peak),
         total_tokens_M=budget.steps * parts.per_step / 1e6 if parts.unit == "tokens" else None,
         num_params_M=n_params / 1e6,
     )
@@ -233,14 +280,30 @@ def _merged(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def _device(cfg: DictConfig) -> torch.device:
+def _device(cfg: DictConfig, world: distributed.World) -> torch.device:
+    """This rank's device: GPU `local_rank` (set as the current one), or the CPU."""
     cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
     if not cuda and cfg.trainer.require_gpu:
         raise UserError(
             "no GPU: this experiment is sized for one (see conf/trainer); on a CPU run "
             "`python train.py +experiment=quickstart`, or force it with trainer.require_gpu=false"
         )
-    return torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        return torch.device("cpu")
+    if world.local_rank >= torch.cuda.device_count():
+        raise UserError(f"trainer.devices={cfg.trainer.devices} but this machine shows {torch.cuda.device_count()} "
+                        "GPUs: lower it (hydra.launcher.gpus_per_node gives a job its GPUs)")
+    torch.cuda.set_device(world.local_rank)
+    return torch.device("cuda", world.local_rank)
+
+
+def _rank_payload(cfg: DictConfig) -> dict:
+    """What a rank rank 0 starts runs on: this job's config resolved (no Hydra there), and the
+    checkpoints its experiment:NAME bases resolved to (so the ranks never train a base themselves)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["resume"] = None  # the snapshot is found in output_dir
+    return {"cfg": resolved, "checkpoints": {str(cfg.init_from): _experiment_checkpoint(str(cfg.init_from), cfg)}
+            if cfg.init_from else {}}
 
 
 def _initial_model(cfg: DictConfig):
@@ -262,6 +325,8 @@ def _experiment_checkpoint(source: str, cfg: DictConfig) -> str:
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
+    if source in _RESOLVED:
+        return _RESOLVED[source]
     name = source.split(":", 1)[1]
     if not GlobalHydra.instance().is_initialized():
         raise UserError(f"init_from={source} needs Hydra: run it through train.py")
@@ -313,10 +378,9 @@ def _resumed_config(cfg: DictConfig) -> DictConfig:
     return old
 
 
-def _mean_mfu(budget, parts, device) -> float | None:
-    from autolab.callbacks import peak_flops
-
-    peak, timed = peak_flops(device), budget.steps - budget.untimed_steps
+def _mean_mfu(budget, parts, peak: float | None) -> float | None:
+    """Mean MFU over the timed steps; `peak` is the FLOP/s of all the run's devices."""
+    timed = budget.steps - budget.untimed_steps
     if not peak or not parts.flops_per_unit or timed <= 0 or budget.training_seconds <= 0:
         return None
     return 100 * timed * parts.per_step / budget.training_seconds * parts.flops_per_unit / peak

@@ -9,8 +9,10 @@ tokens, fewer than a row, are not used). Rows are visited in a fresh random orde
 from (seed, epoch): the order is deterministic, and the position (epoch, index) is all the state a
 resumed run needs.
 
-Batches are dicts: `tokens` [B, seq_len + 1] int32, `replay_rows` (how many rows are replay), and
-`state`, the position *after* this batch. The loader runs ahead of training, so the position that
+Batches are dicts: `tokens` [B, seq_len + 1] int32, `rows` and `replay_rows` (how many rows the global
+batch has, and how many of them are replay), and `state`, the position *after* this batch. On several
+processes each rank reads only its `part` of every global batch (distributed.rank_slice); the order,
+and so the state, is the same on every rank. The loader runs ahead of training, so the position that
 belongs to a step travels with its batch; a checkpoint saves the state of the last batch trained.
 """
 
@@ -72,7 +74,7 @@ class PackedRows(torch.utils.data.IterableDataset):
     """Yields batches of `batch_size` rows forever; `state_dict` marks the position."""
 
     def __init__(self, shards: Sequence | np.ndarray | torch.Tensor, seq_len: int, batch_size: int, seed: int = 0,
-                 name: str = "data"):
+                 name: str = "data", part: slice = slice(None)):
         if isinstance(shards, (np.ndarray, torch.Tensor)):  # one stream
             shards = [shards]
         self.shards = [_Shard(s.numpy() if isinstance(s, torch.Tensor) else s) for s in shards]
@@ -85,7 +87,7 @@ class PackedRows(torch.utils.data.IterableDataset):
                 f"{batch_size}: lower data.batch_size or data.seq_len, or prepare more text"
             )
         self.seq_len, self.n_rows = seq_len, n_rows
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.part = batch_size, seed, part
         self.order = EpochOrder(n_rows, seed)
 
     def windows(self, indices: torch.Tensor) -> list[np.ndarray]:
@@ -97,14 +99,11 @@ class PackedRows(torch.utils.data.IterableDataset):
         local = rows - self.first_row[shard]
         return [self.shards[s].read(r * T, T + 1) for s, r in zip(shard.tolist(), local.tolist())]
 
-    def take(self, n: int) -> torch.Tensor:
-        """The next n rows in order (crossing into the next epoch's order when one runs out)."""
-        return torch.from_numpy(np.stack(self.windows(self.order.take(n))))
-
     def __iter__(self):
         while True:
-            tokens = self.take(self.batch_size)
-            yield {"tokens": tokens, "replay_rows": 0, "state": self.state_dict()}
+            rows = self.order.take(self.batch_size)[self.part]  # the next global batch, this rank's rows
+            tokens = torch.from_numpy(np.stack(self.windows(rows)))
+            yield {"tokens": tokens, "rows": self.batch_size, "replay_rows": 0, "state": self.state_dict()}
 
     def state_dict(self) -> dict:
         return self.order.state_dict()

@@ -223,16 +223,16 @@ def collate(pairs: Pairs, index: list[int], ref: dict | None = None, pad_to: int
 class PreferenceBatches(torch.utils.data.IterableDataset):
     """Batches of pairs forever, in the seeded epoch order PackedRows uses; resumable like it."""
 
-    def __init__(self, pairs: Pairs, batch_size: int, seed: int = 0, ref: dict | None = None):
+    def __init__(self, pairs: Pairs, batch_size: int, seed: int = 0, ref: dict | None = None, part: slice = slice(None)):
         if len(pairs) < batch_size:
             raise UserError(f"{len(pairs)} preference pairs, fewer than one batch of {batch_size}: lower dpo.batch_size")
-        self.pairs, self.batch_size, self.ref = pairs, batch_size, ref
+        self.pairs, self.batch_size, self.ref, self.part = pairs, batch_size, ref, part  # part: this rank's pairs
         self.order = EpochOrder(len(pairs), seed)
         self.n_rows = len(pairs)
 
     def __iter__(self):
         while True:
-            index = self.order.take(self.batch_size).tolist()
+            index = self.order.take(self.batch_size)[self.part].tolist()
             yield {**collate(self.pairs, index, self.ref), "state": self.state_dict()}
 
     def state_dict(self) -> dict:

@@ -25,11 +25,11 @@ def check_ratio(ratio: float) -> None:
 
 
 class ReplayMixture(torch.utils.data.IterableDataset):
-    def __init__(self, new: PackedRows, replay: PackedRows, ratio: float):
+    def __init__(self, new: PackedRows, replay: PackedRows, ratio: float, part: slice = slice(None)):
         check_ratio(ratio)
         self.n_rows = new.n_rows
         self.new, self.replay, self.ratio = new, replay, ratio
-        self.batch_size = new.batch_size
+        self.batch_size, self.part = new.batch_size, part
         per_step = Fraction(str(ratio)) * self.batch_size  # exact: no float drift over a long run
         self._num, self._den = per_step.numerator, per_step.denominator
         self.steps = 0  # batches produced: the replay rows owed follow from it
@@ -42,10 +42,12 @@ class ReplayMixture(torch.utils.data.IterableDataset):
         B = self.batch_size
         while True:
             k = self.replay_rows(self.steps)
-            rows = self.new.windows(self.new.order.take(B - k)) + self.replay.windows(self.replay.order.take(k))
+            new, old = self.new.order.take(B - k), self.replay.order.take(k)  # the global batch: new rows, then replay
+            lo, hi, _ = self.part.indices(B)  # this rank's rows of it
+            rows = self.new.windows(new[lo:hi]) + self.replay.windows(old[max(lo - (B - k), 0) : max(hi - (B - k), 0)])
             tokens = torch.from_numpy(np.stack(rows))  # one copy of both sources' rows
             self.steps += 1
-            yield {"tokens": tokens, "replay_rows": k, "state": self.state_dict()}
+            yield {"tokens": tokens, "rows": B, "replay_rows": k, "state": self.state_dict()}
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "new": self.new.state_dict(), "replay": self.replay.state_dict()}

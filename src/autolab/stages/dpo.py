@@ -82,6 +82,7 @@ def build(ctx: Context) -> StageParts:
     import copy
 
     from autolab.data.preference import PreferenceBatches, behaviour_markers, load_rows, tokenize_pairs
+    from autolab.distributed import rank_slice
 
     cfg, model, device = ctx.cfg, ctx.model, ctx.device
     d = cfg.dpo
@@ -102,7 +103,7 @@ def build(ctx: Context) -> StageParts:
         key = f"{cfg.init_from}|{_weights_identity(ctx.init_path)}|{device.type}|{d.max_length}"
         ref_train = cached_reference(module, train, d.eval_batch_size, device, key + "|train")
         ref_held_out = cached_reference(module, held_out, d.eval_batch_size, device, key + "|held_out")
-    data = PreferenceBatches(train, d.batch_size, cfg.seed, ref_train)
+    data = PreferenceBatches(train, d.batch_size, cfg.seed, ref_train, rank_slice(d.batch_size, ctx.world, "dpo.batch_size"))
     prompts = [row.get(d.columns.get("prompt", "prompt") if d.get("columns") else "prompt") for row in eval_rows]
     prompts = [p for p in prompts if isinstance(p, str)][: d.behaviour_prompts]
     markers = behaviour_markers(str(d.dataset))
@@ -191,18 +192,21 @@ def cached_reference(stage: DPOStage, pairs, batch_size: int, device, key: str) 
     digest = hashlib.sha256(key.encode())
     for seqs in (pairs.prompt, pairs.chosen, pairs.rejected):
         digest.update(repr(seqs).encode())
+    from filelock import FileLock
+
     path = prepare.cache_dir() / "ref_logps" / f"{digest.hexdigest()[:16]}.safetensors"
-    if path.exists():
-        ref = load_file(str(path))
-        if len(ref["chosen"]) == len(pairs):
-            print(f"reference log-probs: cached, {path}", flush=True)
-            return ref
-    print(f"reference log-probs: computing {len(pairs)} pairs once -> {path}", flush=True)
-    ref = reference_logps_for(stage, pairs, batch_size, device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(ref, str(tmp))
-    tmp.replace(path)
+    with FileLock(str(path) + ".lock"):  # the ranks of a run, the jobs of a sweep: one computes, the others read
+        if path.exists():
+            ref = load_file(str(path))
+            if len(ref["chosen"]) == len(pairs):
+                print(f"reference log-probs: cached, {path}", flush=True)
+                return ref
+        print(f"reference log-probs: computing {len(pairs)} pairs once -> {path}", flush=True)
+        ref = reference_logps_for(stage, pairs, batch_size, device)
+        tmp = path.with_suffix(".tmp")
+        save_file(ref, str(tmp))
+        tmp.replace(path)
     return ref
 
 

@@ -32,10 +32,10 @@ class LMStage(OptimisedStage):
         tokens = batch["tokens"]
         loss = self.batch_loss(tokens)
         grad_norm = self.optimise(loss)
-        self.rows += tokens.size(0)
+        self.rows += batch["rows"]  # of the global batch, on every rank
         self.replay_rows += batch["replay_rows"]
         # replay_share: a host-side number (no sync), the measured share of this step's tokens
-        return {"loss": loss.detach(), "grad_norm": grad_norm, "replay_share": batch["replay_rows"] / tokens.size(0)}
+        return {"loss": loss.detach(), "grad_norm": grad_norm, "replay_share": batch["replay_rows"] / batch["rows"]}
 
     def snapshot_state(self) -> dict:
         return {"rows": self.rows, "replay_rows": self.replay_rows}
@@ -48,13 +48,14 @@ def build(ctx: Context) -> StageParts:
     """Pretraining, continued pretraining and SFT: packed rows of data.domain, replay mixed in at
     replay.ratio; reports the measured replay share."""
     from autolab.data import build_training_data
+    from autolab.distributed import rank_slice
     from autolab.models import flops_per_token
 
     cfg = ctx.cfg
     seq_len, batch_size = cfg.data.seq_len, cfg.data.batch_size
     if seq_len > ctx.max_len:
         raise UserError(f"data.seq_len={seq_len} is longer than the model's {ctx.max_len} positions: lower it")
-    data = build_training_data(cfg, ctx.tokenizer, seq_len)
+    data = build_training_data(cfg, ctx.tokenizer, seq_len, rank_slice(batch_size, ctx.world, "data.batch_size"))
     module = LMStage(ctx.model, compile=ctx.compiled, **ctx.common)
 
     def finals() -> dict:  # the measured share of replayed tokens over the whole run

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from autolab.distributed import World
 from autolab.errors import UserError
 
 
@@ -32,6 +33,7 @@ class Context:
     out: Path  # the run's output dir
     init_path: str | None  # the starting checkpoint's folder (init_from resolved), None from scratch
     initial_model: Callable[[], torch.nn.Module]  # a fresh copy of the starting weights, loaded again
+    world: World = field(default_factory=World)  # the run's processes: the data reads this rank's slice of each batch
 
 
 @dataclass

@@ -50,6 +50,8 @@ class OptimConf:
     betas: List[float] = MISSING
     eps: float = MISSING
     weight_decay: float = MISSING
+    embedding_lr_scale: float = MISSING
+    head_lr_scale: float = MISSING
     muon_lr_scale: Optional[float] = None  # muon only
     muon_momentum: Optional[float] = None
 
@@ -192,6 +194,8 @@ def _rules(c: DictConfig):
     yield "optim.betas", len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "use two numbers in [0, 1), e.g. [0.9, 0.95]"
     yield "optim.eps", o.eps > 0, "use a small positive number, e.g. 1e-8"
     yield "optim.weight_decay", o.weight_decay >= 0, "use 0 or more"
+    yield "optim.embedding_lr_scale", o.embedding_lr_scale > 0, "use a positive scale (1 keeps the schedule's rate)"
+    yield "optim.head_lr_scale", o.head_lr_scale > 0, "use a positive scale (1 keeps the schedule's rate)"
     if o.name == "muon":
         yield "optim.muon_lr_scale", (o.muon_lr_scale or 0) > 0, "use a positive scale (20 is usual)"
         yield "optim.muon_momentum", o.muon_momentum is not None and 0 <= o.muon_momentum < 1, "use a number in [0, 1), e.g. 0.95"

@@ -66,15 +66,20 @@ def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) ->
     head = model.get_output_embeddings()
     if head is not None:
         embeddings.add(id(head.weight))
+    # the input embedding's and the head's own rates (the head's wins where they are tied)
+    scales = {id(model.get_input_embeddings().weight): cfg.embedding_lr_scale}
+    if head is not None:
+        scales[id(head.weight)] = cfg.head_lr_scale
     adamw = dict(lr=peak_lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+
+    def scaled(ps: list, weight_decay: float) -> list[dict]:  # one group per rate
+        rates = sorted({scales.get(id(p), 1.0) for p in ps})
+        return [{"params": [p for p in ps if scales.get(id(p), 1.0) == r], "weight_decay": weight_decay, "lr_scale": r}
+                for r in rates]
+
     if cfg.name == "adamw":
-        matrices = [p for p in params if p.ndim >= 2]
-        others = [p for p in params if p.ndim < 2]
-        groups = [
-            {"params": matrices, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-            {"params": others, "weight_decay": 0.0, "lr_scale": 1.0},
-        ]
-        return [torch.optim.AdamW([g for g in groups if g["params"]], **adamw)]
+        groups = scaled([p for p in params if p.ndim >= 2], cfg.weight_decay) + scaled([p for p in params if p.ndim < 2], 0.0)
+        return [torch.optim.AdamW(groups, **adamw)]
     if cfg.name == "muon":
         hidden = [p for p in params if p.ndim == 2 and id(p) not in embeddings]
         rest = [p for p in params if p.ndim != 2 or id(p) in embeddings]
@@ -82,5 +87,5 @@ def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) ->
             [{"params": hidden, "lr_scale": cfg.muon_lr_scale}],
             lr=peak_lr * cfg.muon_lr_scale, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, compile=fused,
         )
-        return [muon, torch.optim.AdamW([{"params": rest, "lr_scale": 1.0, "weight_decay": 0.0}], **adamw)]
+        return [muon, torch.optim.AdamW(scaled(rest, 0.0), **adamw)]
     raise UserError(f"unknown optim.name {cfg.name!r}: use adamw or muon")

@@ -26,6 +26,13 @@ def cache(tmp_path_factory) -> Path:
         os.environ["AUTOLAB_CACHE"] = old
 
 
+def train_to_end(folder: Path, cache: Path, args: list[str]):
+    """train.py run to its end in `folder` (its ledger there, its run dir folder/run): (result, run dir)."""
+    r = run_train([*args, f"hydra.run.dir={folder}/run"], folder, cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r, folder / "run"
+
+
 def start_and_signal(args: list[str], cwd: Path, cache: Path, sig: int, step: int) -> tuple[int, str]:
     """Start train.py and send `sig` to it when it prints step `step` (log_every must hit it):
     (exit code, the rest of its output)."""

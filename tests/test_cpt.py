@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_train, same_run, start_and_signal
+from conftest import ROOT, TINY, run_train, same_run, start_and_signal, train_to_end
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import wandb_records
@@ -108,10 +108,7 @@ RESUMABLE = [*TINY, "trainer.max_steps=60", "trainer.log_every=5", "trainer.snap
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, cache):
     """The uninterrupted run that interrupted-and-resumed runs must match bit for bit."""
-    tmp = tmp_path_factory.mktemp("straight")
-    r = run_train([*RESUMABLE, "logger=none", f"hydra.run.dir={tmp}/run"], tmp, cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r, tmp / "run"
+    return train_to_end(tmp_path_factory.mktemp("straight"), cache, [*RESUMABLE, "logger=none"])
 
 
 def _start_and_signal(run_dir: Path, cwd: Path, cache: Path, sig: int) -> tuple[int, str]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_train, same_run, start_and_signal
+from conftest import TINY, run_train, same_run, start_and_signal, train_to_end
 from test_dpo import DPO
 
 from autolab import report
@@ -31,10 +31,7 @@ def _losses(stdout: str) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, cache):
     """The mixture on two processes, uninterrupted: (process result, run dir)."""
-    tmp = tmp_path_factory.mktemp("two")
-    r = run_train([*MIX, "trainer.devices=2", f"hydra.run.dir={tmp}/run"], tmp, cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r, tmp / "run"
+    return train_to_end(tmp_path_factory.mktemp("two"), cache, [*MIX, "trainer.devices=2"])
 
 
 def test_two_processes_write_one_run_that_matches_one_process(straight, tmp_path, cache):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_train
+from conftest import TINY, run_train, train_to_end
 from hydra import compose, initialize_config_dir
 
 import prepare
@@ -299,10 +299,7 @@ def test_checkpoints_that_cannot_be_used_are_refused(case, needle, tmp_path, cac
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache) -> Path:
     """A short run with snapshots: the run dir that resume= cases start from."""
-    tmp = tmp_path_factory.mktemp("finished")
-    r = run_train([*TINY, "logger=none", "trainer.snapshot_every_steps=2", f"hydra.run.dir={tmp}/run"], tmp, cache)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return tmp / "run"
+    return train_to_end(tmp_path_factory.mktemp("finished"), cache, [*TINY, "logger=none", "trainer.snapshot_every_steps=2"])[1]
 
 
 def test_resume_with_changed_overrides_is_refused(finished_run, tmp_path, cache):

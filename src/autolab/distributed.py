@@ -34,6 +34,7 @@ import lightning as L
 import torch
 
 from autolab.errors import UserError
+from autolab.report import exit_code
 
 # Our own ranks carry this beside torchrun's variables: the payload (config) they were started on.
 WORKER_ENV = "AUTOLAB_WORKER"
@@ -149,7 +150,7 @@ def failed_ranks(children: list, out: Path) -> str:
     """'' when every started rank ended well, else one line naming the first that did not."""
     for rank, child in enumerate(children, start=1):
         code = child.poll()
-        if code not in (None, 0, 3):  # 3: interrupted with rank 0
+        if code not in (None, 0, exit_code("interrupted")):  # interrupted: stopped with rank 0
             return f"rank {rank} exited with code {code}: see {out / f'rank{rank}.log'}"
     return ""
 

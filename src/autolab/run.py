@@ -158,9 +158,11 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         torch.set_num_threads(max(1, torch.get_num_threads() // world.size))
     use_attention(cfg.trainer.get("attention", "auto"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model, tokenizer = _initial_model(cfg)  # trains an experiment:NAME base first, when it is not cached
+    # the starting checkpoint, resolved once (an experiment:NAME base is trained first when not cached)
+    init_path = _experiment_checkpoint(str(cfg.init_from), cfg) if cfg.init_from else None
+    model, tokenizer = _initial_model(cfg, init_path)
     if world.launcher == "spawn":  # this rank starts the others: they load while it does
-        ranks.enter_context(distributed.processes(world, _rank_payload(cfg), out))
+        ranks.enter_context(distributed.processes(world, _rank_payload(cfg, init_path), out))
     if cfg.trainer.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     recipe = recipe_of(cfg.stage.recipe)
@@ -194,9 +196,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
     compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
     common = dict(optim=cfg.optim, schedule=cfg.schedule, budget=budget, grad_clip=t.grad_clip, restore=restore)
-    init_path = _experiment_checkpoint(str(cfg.init_from), cfg) if cfg.init_from else None
     parts = recipe.build(Context(cfg, model, tokenizer, device, max_len, compiled, common, out, init_path,
-                                 initial_model=lambda: _initial_model(cfg)[0], world=world))
+                                 initial_model=lambda: _initial_model(cfg, init_path)[0], world=world))
     measures = {**{name: bpb(domain) for name, domain in domains.items()}, **parts.measures}
     if restore:
         parts.data.load_state_dict(restore["data"])
@@ -210,15 +211,17 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
 
     n_params = sum(p.numel() for p in model.parameters())
     devices = f"{world.size} x {device.type}" if world.size > 1 else device.type
-    world.main and print(
-        f"model: {n_params / 1e6:.1f}M parameters | {cfg.stage.name} on {parts.source} | replay: {cfg.replay.ratio:g} of "
-        f"{cfg.replay.domain} | {devices} | output: {out}" + (f" | resuming at step {restore['step']}" if restore else ""),
-        flush=True,
-    )
+    if world.main:
+        print(
+            f"model: {n_params / 1e6:.1f}M parameters | {cfg.stage.name} on {parts.source} | replay: {cfg.replay.ratio:g} "
+            f"of {cfg.replay.domain} | {devices} | output: {out}" + (f" | resuming at step {restore['step']}" if restore else ""),
+            flush=True,
+        )
     if restore:
         budget.load_state_dict(restore["budget"])
     timer = TimeBudget(budget)
-    peak = peak_flops(device) and peak_flops(device) * world.size
+    peak = peak_flops(device)
+    peak = peak * world.size if peak else None  # all the run's devices
     monitor = Monitor(budget, t.log_every, parts.per_step, parts.flops_per_unit, peak, t.max_loss_ratio, unit=parts.unit)
     if restore:
         monitor.load_state_dict(restore["monitor"])
@@ -297,23 +300,23 @@ def _device(cfg: DictConfig, world: distributed.World) -> torch.device:
     return torch.device("cuda", world.local_rank)
 
 
-def _rank_payload(cfg: DictConfig) -> dict:
+def _rank_payload(cfg: DictConfig, init_path: str | None) -> dict:
     """What a rank rank 0 starts runs on: this job's config resolved (no Hydra there), and the
-    checkpoints its experiment:NAME bases resolved to (so the ranks never train a base themselves)."""
+    checkpoint its init_from resolved to (so the ranks never train an experiment:NAME base themselves)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["resume"] = None  # the snapshot is found in output_dir
-    return {"cfg": resolved, "checkpoints": {str(cfg.init_from): _experiment_checkpoint(str(cfg.init_from), cfg)}
-            if cfg.init_from else {}}
+    return {"cfg": resolved, "checkpoints": {str(cfg.init_from): init_path} if cfg.init_from else {}}
 
 
-def _initial_model(cfg: DictConfig):
-    """(model, tokenizer): a fresh GPT for pretraining from scratch, else `init_from`'s weights."""
+def _initial_model(cfg: DictConfig, init_path: str | None):
+    """(model, tokenizer): a fresh GPT for pretraining from scratch, else the weights at init_path
+    (init_from resolved)."""
     from autolab.models import build_gpt, load_pretrained
 
-    if not cfg.init_from:  # pretraining (config.check: every other stage has init_from)
+    if not init_path:  # pretraining (config.check: every other stage has init_from)
         tokenizer = prepare.Tokenizer.load()
         return build_gpt(cfg.model, tokenizer.vocab_size), tokenizer
-    return load_pretrained(_experiment_checkpoint(str(cfg.init_from), cfg))
+    return load_pretrained(init_path)
 
 
 def _experiment_checkpoint(source: str, cfg: DictConfig) -> str:

@@ -70,6 +70,7 @@ class TrainerConf:
     devices: int = MISSING
     num_nodes: int = MISSING
     strategy: str = MISSING
+    overlap_grad_sync: bool = MISSING
     require_gpu: bool = MISSING
     compile: Any = MISSING  # auto | true | false
     attention: str = MISSING

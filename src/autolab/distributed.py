@@ -32,6 +32,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy
+from torch.nn.parallel import DistributedDataParallel
 
 from autolab.errors import UserError
 from autolab.report import exit_code
@@ -153,6 +155,27 @@ def failed_ranks(children: list, out: Path) -> str:
         if code not in (None, 0, exit_code("interrupted")):  # interrupted: stopped with rank 0
             return f"rank {rank} exited with code {code}: see {out / f'rank{rank}.log'}"
     return ""
+
+
+class StreamDDP(DDPStrategy):
+    """Lightning's DDP strategy with the model wrapped on the current CUDA stream. Lightning 2.6
+    wraps it on a new side stream; every backward then meets DDP's AccumulateGrad nodes on another
+    stream than its own, which torch (2.10+) warns costs a stream sync per step
+    (Lightning-AI/pytorch-lightning#21567; fixed upstream by #21746, not released as of 2.6.6)."""
+
+    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
+        return DistributedDataParallel(module=model, device_ids=self.determine_ddp_device_ids(), **self._ddp_kwargs)
+
+
+def strategy(world: World, trainer_cfg, environment):
+    """Lightning's strategy for this world: 'auto' for one process, else StreamDDP. With
+    torch.compile, `trainer.overlap_grad_sync` lets the compiler split the graph at DDP's gradient
+    buckets so each bucket's all-reduce overlaps the rest of the backward (torch._dynamo's
+    DDPOptimizer), or keeps one graph whose gradients are all-reduced after the backward."""
+    if world.size == 1:
+        return "auto"
+    torch._dynamo.config.optimize_ddp = bool(trainer_cfg.overlap_grad_sync)
+    return StreamDDP(cluster_environment=environment)
 
 
 def finish() -> None:

@@ -240,7 +240,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     environment = distributed.environment(world)
     trainer = L.Trainer(
         accelerator=device.type, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy if world.size > 1 else "auto", plugins=[environment] if environment else None,
+        strategy=distributed.strategy(world, t, environment),
+        plugins=[environment] if environment and world.size == 1 else None,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
         max_epochs=-1, max_steps=-1, logger=logger or False, use_distributed_sampler=False,
         callbacks=callbacks,

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from throughput import compose, sync  # benchmarks/ is the working directory or on sys.path
+from throughput import bare_step, compose, sync  # benchmarks/ is the working directory or on sys.path
 
 
 class Loss(torch.nn.Module):
@@ -114,14 +114,7 @@ def worker(rank: int, world: int, variant: str, overrides: list[str], args, port
             if world > 1:
                 dist.barrier()
             t0 = time.perf_counter()
-        tokens = next(it)["tokens"].to(device, non_blocking=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-            loss = step_module(tokens)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-        for opt in opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        bare_step(step_module, next(it)["tokens"].to(device, non_blocking=True), model, opts, cfg.trainer.grad_clip)
         if gloo is not None:
             dist.broadcast(torch.tensor([time.perf_counter(), 0.0, 0.0], dtype=torch.float64), src=0, group=gloo)
     sync(device)

@@ -68,16 +68,21 @@ def bare_loop(cfg, model, dataset, device, warmup: int, steps: int) -> float:
         for opt in opts:
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
-        batch = next(it)["tokens"].to(device, non_blocking=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-            loss = fwd(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-        for opt in opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        bare_step(fwd, next(it)["tokens"].to(device, non_blocking=True), model, opts, cfg.trainer.grad_clip)
     sync(device)
     return time.perf_counter() - t0
+
+
+def bare_step(loss_of, tokens, model, opts, grad_clip: float) -> None:
+    """One plain optimisation step: the loss under bf16 autocast on CUDA, backward, global-norm
+    clip, every optimiser stepped and zeroed."""
+    with torch.autocast(tokens.device.type, torch.bfloat16, enabled=tokens.is_cuda):
+        loss = loss_of(tokens)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in opts:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
 
 def lightning_loop(cfg, model, dataset, device, warmup: int, steps: int) -> float:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY, run_train, same_run, start_and_signal, train_to_end
 from test_dpo import DPO
 
@@ -54,15 +55,20 @@ def test_two_processes_write_one_run_that_matches_one_process(straight, tmp_path
 
 
 def test_dpo_on_two_processes_matches_one(tmp_path, cache):
+    """DDP and FSDP (the policy sharded; the reference precomputed) against one process."""
     args = [*DPO, "dpo.reference=precomputed", "dpo.max_length=60"]  # its own reference cache (test_dpo counts on computing one)
     one = run_train([*args, f"hydra.run.dir={tmp_path}/one"], tmp_path, cache)
-    two = run_train([*args, "trainer.devices=2", f"hydra.run.dir={tmp_path}/two"], tmp_path, cache)
-    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
-    s1, s2 = report.parse_summary(one.stdout), report.parse_summary(two.stdout)
-    for key in ("val_bpb", "reward_accuracy", "reward_margin", "preamble_prob"):
-        assert abs(float(s1[key]) - float(s2[key])) <= TOLERANCE, key
+    assert one.returncode == 0, one.stderr[-2000:]
+    s1 = report.parse_summary(one.stdout)
+    for strategy in ("ddp", "fsdp"):
+        two = run_train([*args, "trainer.devices=2", f"trainer.strategy={strategy}", f"hydra.run.dir={tmp_path}/{strategy}"],
+                        tmp_path, cache)
+        assert two.returncode == 0, two.stderr[-2000:]
+        s2 = report.parse_summary(two.stdout)
+        for key in ("val_bpb", "reward_accuracy", "reward_margin", "preamble_prob"):
+            assert abs(float(s1[key]) - float(s2[key])) <= TOLERANCE, (strategy, key)
     rows = report.read_ledger(tmp_path / "results.tsv")  # the experiment:quickstart base's, then one per run
-    assert [r["output_dir"] for r in rows[-2:]] == [s1["output_dir"], s2["output_dir"]]
+    assert [r["output_dir"] for r in rows[-3:]] == [str(tmp_path / name) for name in ("one", "ddp", "fsdp")]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
@@ -88,6 +94,36 @@ def test_signal_to_rank_0_then_resume_ends_as_the_straight_run(sig, straight, tm
     same_run(straight, resumed, stopped)
 
 
+def test_fsdp_matches_ddp_and_resumes_after_kill_9(straight, tmp_path, cache):
+    """trainer.strategy=fsdp: the model sharded over the 2 processes. The same losses and val_bpb as
+    DDP's run; snapshots and curves gather the shards to rank 0; kill -9, then resume bit-identical."""
+    fsdp = [*MIX, "trainer.devices=2", "trainer.strategy=fsdp", "eval.curve_every=10"]
+    (tmp_path / "whole").mkdir()
+    whole = train_to_end(tmp_path / "whole", cache, fsdp)
+    s_ddp, s_fsdp = report.parse_summary(straight[0].stdout), report.parse_summary(whole[0].stdout)
+    assert abs(float(s_ddp["val_bpb"]) - float(s_fsdp["val_bpb"])) <= TOLERANCE
+    l_ddp, l_fsdp = _losses(straight[0].stdout), _losses(whole[0].stdout)
+    assert l_ddp.keys() == l_fsdp.keys() and all(abs(l_ddp[k] - l_fsdp[k]) <= TOLERANCE for k in l_ddp)
+    # the snapshot's optimiser state was gathered from the shards: keyed by parameter names
+    state = torch.load(whole[1] / "resume" / "state.pt", weights_only=True)
+    assert "wte.weight" in state["optimizers"][0]["state"]
+    assert len(_wandb_curve(whole[1])) == 3  # val/bpb at steps 10, 20, 30, measured on rank 0's gathered copy
+    stopped = tmp_path / "stopped"
+    code, _ = start_and_signal([*fsdp, f"hydra.run.dir={stopped}"], tmp_path, cache, signal.SIGKILL, step=24)
+    assert code == -signal.SIGKILL
+    resumed = run_train([f"resume={stopped}"], tmp_path, cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 21" in resumed.stdout
+    same_run(whole, resumed, stopped)
+
+
+def _wandb_curve(run_dir: Path) -> list:
+    from wandb_records import history
+
+    run_file = next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    return [row["val/bpb"] for row in history(run_file) if "val/bpb" in row]
+
+
 def _is_worker_of(proc: Path, run_dir: Path) -> bool:
     try:
         return "autolab.worker" in (proc / "cmdline").read_text() and str(run_dir) in (proc / "cmdline").read_text()
@@ -111,6 +147,7 @@ def test_multirun_of_two_process_jobs_runs_each_job_once(tmp_path, cache):
 @pytest.mark.parametrize("args,message", [
     (["data.batch_size=5"], "data.batch_size=5 does not split over 2 processes: make it a multiple of 2"),
     (["trainer.num_nodes=2"], "trainer.num_nodes=2 needs one process per device started by SLURM"),
+    (["trainer.strategy=fsdp", "optim=muon"], "optim.name=muon: Muon orthogonalises whole matrices, which FSDP shards"),
 ])
 def test_a_world_that_cannot_be_is_one_line(args, message, tmp_path, cache):
     r = run_train([*TINY, "trainer.devices=2", "logger=none", *args], tmp_path, cache)

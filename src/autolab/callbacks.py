@@ -179,27 +179,39 @@ class Curves(L.Callback):
     """Every `every` steps, evaluate each named function of the model (bpb on a small fixed slice
     of a domain's validation text) and log it: cheap curves of adaptation and forgetting."""
 
-    def __init__(self, timer: TimeBudget, every: int, evaluators: dict[str, Callable]):
+    def __init__(self, timer: TimeBudget, every: int, evaluators: dict[str, Callable],
+                 whole: Callable = lambda model: model):
         self.timer, self.every, self.evaluators = timer, every, evaluators
+        self.whole = whole  # a sharded model: every rank gathers, rank 0 gets the whole one (others None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.every or self.timer.budget.steps % self.every:
             return
         with self.timer.untimed():
-            metrics = {name: fn(pl_module.model) for name, fn in self.evaluators.items()}
+            model = self.whole(pl_module.model)
+            if model is None:
+                return
+            copy = model is not pl_module.model  # rank 0's whole copy of a sharded model, kept on the CPU
+            metrics = {name: fn(model.to(pl_module.device)) for name, fn in self.evaluators.items()}
+            if copy:
+                model.cpu()
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self.timer.budget.steps)
 
 
 class Snapshots(L.Callback):
     """Writes a resumable snapshot every `every_steps` steps or `every_minutes` minutes of wall time,
-    and once more when training ends, outside the training time."""
+    and once more when training ends, outside the training time.
+
+    A sharded model (FSDP) is snapshotted by every rank together: `agree` hands rank 0's decision to
+    all, `whole` gathers the weights into rank 0's copy, and rank 0 (`write`) writes."""
 
     def __init__(self, out: Path, timer: TimeBudget, monitor: Monitor, every_steps: int,
-                 every_minutes: float, extra: Callable[[], dict]):
+                 every_minutes: float, extra: Callable[[], dict], write: bool = True,
+                 agree: Callable[[bool], bool] = bool, whole: Callable = lambda model: model):
         self.out, self.timer, self.monitor = out, timer, monitor
         self.every_steps, self.every_seconds = every_steps, every_minutes * 60
-        self.extra = extra
+        self.extra, self.write, self.agree, self.whole = extra, write, agree, whole
         self._last = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -207,17 +219,19 @@ class Snapshots(L.Callback):
         due = (self.every_steps and step % self.every_steps == 0) or (
             self.every_seconds and time.monotonic() - self._last >= self.every_seconds
         )
-        if not (due or trainer.should_stop):
+        if not self.agree(due or trainer.should_stop):
             return
         with self.timer.untimed():
+            model = self.whole(pl_module.model)
             state = {
                 "step": step,
-                "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+                "optimizers": pl_module.optimizer_states(),
                 "budget": self.timer.budget.state_dict(),
                 "data": batch["state"],  # the position after this step's batch
                 "rng": resume.rng_state(),
                 "monitor": self.monitor.state_dict(),
                 **self.extra(),
             }
-            resume.save(self.out, pl_module.model, state)
+            if self.write:
+                resume.save(self.out, model, state)
         self._last = time.monotonic()

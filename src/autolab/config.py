@@ -207,7 +207,10 @@ def _rules(c: DictConfig):
     yield "trainer.accelerator", t.accelerator in ("auto", "gpu", "cuda", "cpu"), "use auto, gpu or cpu"
     yield "trainer.devices", t.devices >= 1, "use 1 or more devices (processes) per node"
     yield "trainer.num_nodes", t.num_nodes >= 1, "use 1 or more nodes"
-    yield "trainer.strategy", t.strategy == "ddp", "use ddp (FSDP is not built yet)"
+    yield "trainer.strategy", t.strategy in ("ddp", "fsdp"), \
+        "use ddp (a whole copy of the model on every device) or fsdp (the model sharded over them)"
+    if t.strategy == "fsdp":
+        yield "optim.name", o.name == "adamw", "Muon orthogonalises whole matrices, which FSDP shards: use optim=adamw"
     yield "trainer.compile", t.compile in ("auto", True, False), "use auto, true or false"
     yield "trainer.attention", t.attention in ATTENTION, f"use one of {', '.join(ATTENTION)}"
     yield "trainer.max_steps", t.max_steps is None or t.max_steps >= 1, "use 1 or more steps, or null for the time budget"
@@ -243,6 +246,8 @@ def _rules(c: DictConfig):
         yield "dpo.behaviour_tokens", p.behaviour_tokens >= 1, "use 1 or more"
         yield "dpo.reference", not (p.lora.r > 0 and p.reference == "precomputed"), \
             "precomputed references are not kept for LoRA runs: use frozen (the adapter switched off) or none"
+        yield "dpo.reference", t.strategy != "fsdp" or (p.reference != "frozen" and p.lora.r <= 0), \
+            "with trainer.strategy=fsdp the reference is not sharded: use precomputed (or none), without LoRA"
 
 
 def _is_recipe(name: str) -> bool:

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,14 +169,86 @@ class StreamDDP(DDPStrategy):
 
 
 def strategy(world: World, trainer_cfg, environment):
-    """Lightning's strategy for this world: 'auto' for one process, else StreamDDP. With
-    torch.compile, `trainer.overlap_grad_sync` lets the compiler split the graph at DDP's gradient
-    buckets so each bucket's all-reduce overlaps the rest of the backward (torch._dynamo's
-    DDPOptimizer), or keeps one graph whose gradients are all-reduced after the backward."""
+    """Lightning's strategy for this world: 'auto' for one process; else StreamDDP, or for
+    `trainer.strategy=fsdp` Lightning's ModelParallelStrategy, whose device mesh the stage shards
+    its model over (`shard`). With torch.compile, `trainer.overlap_grad_sync` lets the compiler
+    split the graph at DDP's gradient buckets so each bucket's all-reduce overlaps the rest of the
+    backward (torch._dynamo's DDPOptimizer), or keeps one graph, all-reduced after the backward."""
     if world.size == 1:
         return "auto"
+    if trainer_cfg.strategy == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        fsdp = ModelParallelStrategy(data_parallel_size=world.size, tensor_parallel_size=1)
+        fsdp.cluster_environment = environment
+        return fsdp
     torch._dynamo.config.optimize_ddp = bool(trainer_cfg.overlap_grad_sync)
     return StreamDDP(cluster_environment=environment)
+
+
+def shard(model: torch.nn.Module, mesh) -> None:
+    """FSDP2 over `mesh`: each block of the model's layer list, then the rest (embeddings, head,
+    final norm). Every rank keeps 1/N of each parameter, its gradient and its AdamW state, and
+    gathers one block's whole weights only while that block runs."""
+    from torch.distributed.fsdp import fully_shard
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    layers = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()), default=[])
+    for block in layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+_FULL = dict(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
+
+
+def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    """The optimiser's state to snapshot: its own for a whole model; for a sharded one the whole
+    state gathered to rank 0 (every rank must call it), keyed by parameter names."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(**_FULL))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+    """`optimizer_state`'s inverse: every rank reads the whole state and keeps its shard."""
+    if not is_sharded(model):
+        return optimizer.load_state_dict(state)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+class Gathered:
+    """Rank 0's whole copy of a sharded model, on its CPU, for what rank 0 alone does with weights
+    (snapshots, curves, the final measurements and checkpoint). Calling it gathers the shards'
+    current weights into the copy (every rank must call it; the others get None). A whole model
+    passes through."""
+
+    def __init__(self, fresh: Callable[[], torch.nn.Module], main: bool):
+        self.fresh, self.main = fresh, main
+        self.copy = None
+
+    def __call__(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        if not is_sharded(model):
+            return model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(**_FULL))
+        if not self.main:
+            return None
+        if self.copy is None:
+            self.copy = self.fresh()
+        self.copy.cpu().load_state_dict(state)
+        return self.copy
 
 
 def finish() -> None:
@@ -217,6 +290,12 @@ class RankSync(L.Callback):
         trainer.should_stop = bool(state[1])
         if state[2] and self.preemption.received is None:
             self.preemption.received = int(state[2])
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's answer to a yes/no question every rank asks at the same point."""
+        answer = torch.tensor([float(flag)])
+        torch.distributed.broadcast(answer, src=0, group=self.group)
+        return bool(answer[0])
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self.group is not None and torch.distributed.is_initialized():

@@ -229,14 +229,19 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     wandb_id = logger.experiment.id if logger is not None else None
     curves = {"val/" + name.replace("val_bpb", "bpb"): bpb(domain, cfg.eval.curve_bytes)  # val/bpb, val/replay_bpb
               for name, domain in domains.items()}
+    # FSDP: every rank takes part in gathering the weights that rank 0 alone snapshots and measures
+    sharded = world.size > 1 and t.strategy == "fsdp"
+    whole = distributed.Gathered(lambda: _initial_model(cfg, init_path)[0], world.main)
+    rank_sync = distributed.RankSync(budget, preemption) if world.size > 1 else None
     snapshots = Snapshots(
         out, timer, monitor, t.snapshot_every_steps, t.snapshot_every_minutes,
         extra=lambda: {"start": start, "wandb_id": wandb_id, "stage": parts.module.snapshot_state(),
                        "tokenizer": metrics["tokenizer"]},
+        write=world.main, agree=rank_sync.agree if sharded else bool, whole=whole,
     )
     # rank 0 decides the stop (budget, signal) for all before anyone logs or snapshots; it alone writes
-    callbacks = [preemption, timer, *([distributed.RankSync(budget, preemption)] if world.size > 1 else []), monitor,
-                 *([Curves(timer, cfg.eval.curve_every, curves), snapshots] if world.main else [])]
+    callbacks = [preemption, timer, *([rank_sync] if rank_sync else []), monitor,
+                 *([Curves(timer, cfg.eval.curve_every, curves, whole), snapshots] if world.main or sharded else [])]
     environment = distributed.environment(world)
     trainer = L.Trainer(
         accelerator=device.type, devices=t.devices, num_nodes=t.num_nodes,
@@ -254,8 +259,11 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     if not budget.done():
         loader = torch.utils.data.DataLoader(parts.data, batch_size=None, pin_memory=device.type == "cuda")
         trainer.fit(parts.module, train_dataloaders=loader)
+    gathered = whole(parts.module.model)  # sharded: every rank gathers into rank 0's whole copy
     if not world.main:
         return None  # rank 0 measures, saves and reports
+    if gathered is not model:  # the stage's finals measure parts.module.model too
+        parts.module.model = model = gathered
     metrics.update(training_seconds=budget.training_seconds, num_steps=budget.steps)
     facts["first_step_at"] = timer.first_step_at  # wall clock (time.time()): what a launcher's start-up costs
     if not budget.done():

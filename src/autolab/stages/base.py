@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from autolab import resume
+from autolab import distributed, resume
 from autolab.callbacks import Budget
 from autolab.optim import build_optimizers
 from autolab.schedules import lr_at
@@ -27,6 +27,10 @@ class OptimisedStage(L.LightningModule):
         self.automatic_optimization = False
         self.current_lr = 0.0
 
+    def configure_model(self) -> None:
+        if self.device_mesh is not None:  # trainer.strategy=fsdp: Lightning's ModelParallelStrategy
+            distributed.shard(self.model, self.device_mesh["data_parallel"])
+
     def configure_optimizers(self):
         return build_optimizers(self.model, self.optim_cfg, self.schedule.peak_lr)
 
@@ -39,7 +43,7 @@ class OptimisedStage(L.LightningModule):
             # the raw optimisers: Lightning's wrappers hold a copy of their __dict__, so state loaded
             # into a wrapper would never reach the optimiser that steps
             for opt, state in zip(self.trainer.optimizers, self.restore["optimizers"]):
-                opt.load_state_dict(state)
+                distributed.load_optimizer_state(self.model, opt, state)
             resume.set_rng_state(self.restore["rng"])
 
     def set_lr(self) -> None:
@@ -61,6 +65,10 @@ class OptimisedStage(L.LightningModule):
             opt.step()
             opt.zero_grad(set_to_none=True)
         return grad_norm
+
+    def optimizer_states(self) -> list[dict]:
+        """Every optimiser's state, for a snapshot (a sharded model's: gathered, every rank calls)."""
+        return [distributed.optimizer_state(self.model, opt) for opt in self.trainer.optimizers]
 
     def extra_metrics(self, outputs: dict) -> dict:
         """Values the monitor logs beside the loss (read back only on logging steps)."""

@@ -46,10 +46,9 @@ class Loss(torch.nn.Module):
         self.loss = torch.compile(self._loss) if compiled else self._loss
 
     def _loss(self, tokens):
-        from autolab.objectives import lm_loss
+        from autolab.objectives import packed_rows_loss
 
-        tokens = tokens.long()
-        return lm_loss(self.model(input_ids=tokens[:, :-1]).logits, tokens[:, 1:])
+        return packed_rows_loss(self.model, tokens)
 
     def forward(self, tokens):
         return self.loss(tokens)

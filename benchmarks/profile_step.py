@@ -30,7 +30,7 @@ def main() -> None:
     import prepare
     from autolab.data import build_training_data
     from autolab.models import build_gpt, flops_per_token, use_attention
-    from autolab.objectives import lm_loss
+    from autolab.objectives import packed_rows_loss
     from autolab.optim import build_optimizers
 
     p = argparse.ArgumentParser()
@@ -49,8 +49,7 @@ def main() -> None:
 
     @torch.compile
     def batch_loss(tokens):
-        tokens = tokens.long()
-        return lm_loss(model(input_ids=tokens[:, :-1]).logits, tokens[:, 1:])
+        return packed_rows_loss(model, tokens)
 
     def step():
         tokens = next(data)["tokens"].to(device, non_blocking=True)

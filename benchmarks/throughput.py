@@ -44,15 +44,14 @@ def sync(device):
 
 def bare_loop(cfg, model, dataset, device, warmup: int, steps: int) -> float:
     """The reference: the plainest fast PyTorch loop. Returns seconds for `steps` steps."""
-    from autolab.objectives import lm_loss
+    from autolab.objectives import packed_rows_loss
     from autolab.optim import build_optimizers
     from autolab.schedules import lr_at
 
     cuda = device.type == "cuda"
 
-    def batch_loss(batch):  # what LMStage.forward computes, compiled whole likewise
-        batch = batch.long()
-        return lm_loss(model(input_ids=batch[:, :-1]).logits, batch[:, 1:])
+    def batch_loss(batch):  # what LMStage computes, compiled whole likewise
+        return packed_rows_loss(model, batch)
 
     fwd = torch.compile(batch_loss) if cuda else batch_loss
     opts = build_optimizers(model, cfg.optim, cfg.schedule.peak_lr)

@@ -192,7 +192,8 @@ class Curves(L.Callback):
             if model is None:
                 return
             copy = model is not pl_module.model  # rank 0's whole copy of a sharded model, kept on the CPU
-            metrics = {name: fn(model.to(pl_module.device)) for name, fn in self.evaluators.items()}
+            model.to(pl_module.device)
+            metrics = {name: fn(model) for name, fn in self.evaluators.items()}
             if copy:
                 model.cpu()
         for logger in trainer.loggers:

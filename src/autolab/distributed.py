@@ -176,7 +176,7 @@ def strategy(world: World, trainer_cfg, environment):
     backward (torch._dynamo's DDPOptimizer), or keeps one graph, all-reduced after the backward."""
     if world.size == 1:
         return "auto"
-    if trainer_cfg.strategy == "fsdp":
+    if sharded(world, trainer_cfg):
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         fsdp = ModelParallelStrategy(data_parallel_size=world.size, tensor_parallel_size=1)
@@ -184,6 +184,11 @@ def strategy(world: World, trainer_cfg, environment):
         return fsdp
     torch._dynamo.config.optimize_ddp = bool(trainer_cfg.overlap_grad_sync)
     return StreamDDP(cluster_environment=environment)
+
+
+def sharded(world: World, trainer_cfg) -> bool:
+    """Whether this run shards its model (FSDP) rather than copying it to every process."""
+    return world.size > 1 and trainer_cfg.strategy == "fsdp"
 
 
 def shard(model: torch.nn.Module, mesh) -> None:
@@ -247,7 +252,7 @@ class Gathered:
             return None
         if self.copy is None:
             self.copy = self.fresh()
-        self.copy.cpu().load_state_dict(state)
+        self.copy.load_state_dict(state)
         return self.copy
 
 

@@ -196,8 +196,11 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
     compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
     common = dict(optim=cfg.optim, schedule=cfg.schedule, budget=budget, grad_clip=t.grad_clip, restore=restore)
+    def fresh_model():  # the starting weights loaded again (or a new GPT): whole, on the CPU
+        return _initial_model(cfg, init_path)[0]
+
     parts = recipe.build(Context(cfg, model, tokenizer, device, max_len, compiled, common, out, init_path,
-                                 initial_model=lambda: _initial_model(cfg, init_path)[0], world=world))
+                                 initial_model=fresh_model, world=world))
     measures = {**{name: bpb(domain) for name, domain in domains.items()}, **parts.measures}
     if restore:
         parts.data.load_state_dict(restore["data"])
@@ -230,8 +233,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     curves = {"val/" + name.replace("val_bpb", "bpb"): bpb(domain, cfg.eval.curve_bytes)  # val/bpb, val/replay_bpb
               for name, domain in domains.items()}
     # FSDP: every rank takes part in gathering the weights that rank 0 alone snapshots and measures
-    sharded = world.size > 1 and t.strategy == "fsdp"
-    whole = distributed.Gathered(lambda: _initial_model(cfg, init_path)[0], world.main)
+    sharded = distributed.sharded(world, t)
+    whole = distributed.Gathered(fresh_model, world.main)
     rank_sync = distributed.RankSync(budget, preemption) if world.size > 1 else None
     snapshots = Snapshots(
         out, timer, monitor, t.snapshot_every_steps, t.snapshot_every_minutes,

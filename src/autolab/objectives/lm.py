@@ -14,3 +14,10 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
     )
+
+
+def packed_rows_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of packed rows [B, T + 1] (uint16 or int64): each row's first T tokens
+    in, its last T as targets."""
+    tokens = tokens.long()
+    return lm_loss(model(input_ids=tokens[:, :-1]).logits, tokens[:, 1:])

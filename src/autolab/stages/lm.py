@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from autolab.errors import UserError
-from autolab.objectives import lm_loss
+from autolab.objectives import packed_rows_loss
 from autolab.stages.base import OptimisedStage
 from autolab.stages.recipe import Context, Recipe, StageParts
 
@@ -23,9 +23,7 @@ class LMStage(OptimisedStage):
         self.batch_loss = torch.compile(self._batch_loss) if compile else self._batch_loss
 
     def _batch_loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Mean next-token loss of packed rows [B, T + 1]."""
-        tokens = tokens.long()
-        return lm_loss(self.model(input_ids=tokens[:, :-1]).logits, tokens[:, 1:])
+        return packed_rows_loss(self.model, tokens)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         self.set_lr()

@@ -10,15 +10,28 @@ multi_gpu.py), the loss compiled and called inside DDP's forward, as Lightning's
 a LightningModule's training_step. Variants:
 
 - `one`: one process, no DDP (the baseline);
-- `ddp`: DDP as train.py uses it (torch.compile's DDPOptimizer splits the graph at DDP's buckets,
-  so each bucket's all-reduce overlaps the rest of the backward);
+- `ddp`: DDP as train.py uses it with `trainer.overlap_grad_sync=true` (torch.compile's
+  DDPOptimizer splits the graph at DDP's 25 MB buckets, so each bucket's all-reduce overlaps the
+  rest of the backward);
 - `no_overlap`: the same without DDPOptimizer (one graph: every all-reduce waits for the backward);
 - `bf16`: `ddp` with bf16 gradient compression (half the bytes on the wire);
 - `rank_sync`: `ddp` plus what train.py's RankSync does after every step: a small broadcast from
-  rank 0 over a gloo (CPU) group, which makes the processes' hosts meet once a step.
+  rank 0 over a gloo (CPU) group, which makes the processes' hosts meet once a step;
+- `pair`: N processes, each training its own model on its own GPU with no communication at all:
+  what the host and the GPUs give N processes before DDP takes its share;
+- `no_broadcast`: `ddp` without DDP's broadcast of the module's buffers before every forward (the
+  rotary tables, computed the same on every rank);
+- `bucket_view`: `ddp` with the gradients kept as views into DDP's buckets (no copy in or out);
+- `one_bucket`: `no_overlap` with all the gradients in one bucket (one all-reduce after the
+  backward): train.py's default, `trainer.overlap_grad_sync=false`;
+- `big_buckets`: `ddp` with 100 MB buckets instead of DDP's 25 MB.
 
-Also the all-reduce's bus bandwidth for a message the size of the model's gradients (NCCL's
-busbw: bytes x 2(N-1)/N / seconds). Tokens/s count every process's rows.
+`--profile DIR` traces a few steps of each variant after its timed ones, on every rank (the chrome
+traces and each rank's kernel table land in DIR).
+
+Also the all-reduce's bus bandwidth for a message the size of the model's gradients and for one of
+DDP's default 25 MB buckets (NCCL's busbw: bytes x 2(N-1)/N / seconds). Tokens/s count every
+process's rows.
 """
 
 from __future__ import annotations
@@ -34,6 +47,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from autolab import profiling
+from autolab.distributed import ONE_BUCKET_MB
 from throughput import bare_step, compose, sync  # benchmarks/ is the working directory or on sys.path
 
 
@@ -69,6 +84,23 @@ def allreduce_busbw(numel: int, device, repeats: int = 10) -> float:
     return x.numel() * 4 * 2 * (n - 1) / n / seconds / 1e9
 
 
+DDP_KWARGS = {"no_broadcast": {"broadcast_buffers": False}, "bucket_view": {"gradient_as_bucket_view": True},
+              "one_bucket": {"bucket_cap_mb": ONE_BUCKET_MB}, "big_buckets": {"bucket_cap_mb": 100}}
+NO_OVERLAP = ("no_overlap", "one_bucket")  # one compiled graph: torch._dynamo's DDPOptimizer off
+
+
+def profile_steps(step, device, directory: Path, name: str, steps: int = 4) -> None:
+    """A torch.profiler trace of `steps` steps after two untraced ones: DIR/name.json.gz and DIR/name.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    step()
+    with profiling.tracer(steps, directory / name) as prof:
+        for i in range(steps + 1):  # one step warms the profiler up
+            step()
+            if i == steps:
+                sync(device)
+            prof.step()
+
+
 def worker(rank: int, world: int, variant: str, overrides: list[str], args, port: int, results) -> None:
     import prepare
     from autolab.data import build_training_data
@@ -92,12 +124,15 @@ def worker(rank: int, world: int, variant: str, overrides: list[str], args, port
         torch.manual_seed(cfg.seed)
         model = build_gpt(cfg.model, tok.vocab_size)
     model = model.to(device).train()
-    torch._dynamo.config.optimize_ddp = variant != "no_overlap"
+    torch._dynamo.config.optimize_ddp = variant not in NO_OVERLAP
     step_module = Loss(model, compiled=cuda)
     busbw = None
-    if world > 1:
-        busbw = allreduce_busbw(sum(p.numel() for p in model.parameters()), device) if variant == "ddp" else None
-        step_module = torch.nn.parallel.DistributedDataParallel(step_module, device_ids=[rank] if cuda else None)
+    if world > 1 and variant != "pair":
+        if variant == "ddp":
+            busbw = {"gradients": allreduce_busbw(sum(p.numel() for p in model.parameters()), device),
+                     "bucket_25MB": allreduce_busbw(25 * 2**20 // 4, device)}
+        step_module = torch.nn.parallel.DistributedDataParallel(step_module, device_ids=[rank] if cuda else None,
+                                                                **DDP_KWARGS.get(variant, {}))
         if variant == "bf16":
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
@@ -106,21 +141,32 @@ def worker(rank: int, world: int, variant: str, overrides: list[str], args, port
     data = build_training_data(cfg, tok, cfg.data.seq_len)  # each process: its own batch_size rows
     it = iter(torch.utils.data.DataLoader(data, batch_size=None, pin_memory=cuda))
     opts = build_optimizers(model, cfg.optim, cfg.schedule.peak_lr)
+
+    def step():
+        bare_step(step_module, next(it)["tokens"].to(device, non_blocking=True), model, opts, cfg.trainer.grad_clip)
+        if gloo is not None:
+            dist.broadcast(torch.tensor([time.perf_counter(), 0.0, 0.0], dtype=torch.float64), src=0, group=gloo)
+
     t0 = 0.0
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
             sync(device)
             if world > 1:
                 dist.barrier()
             t0 = time.perf_counter()
-        bare_step(step_module, next(it)["tokens"].to(device, non_blocking=True), model, opts, cfg.trainer.grad_clip)
-        if gloo is not None:
-            dist.broadcast(torch.tensor([time.perf_counter(), 0.0, 0.0], dtype=torch.float64), src=0, group=gloo)
+        step()
     sync(device)
     seconds = time.perf_counter() - t0
+    results[f"{variant}/rank{rank}"] = seconds  # each rank's own time (pair: how evenly the GPUs run)
+    if world > 1:
+        dist.barrier()
     if rank == 0:
         tokens = world * args.steps * cfg.data.batch_size * cfg.data.seq_len
-        results[variant] = {"tokens_per_sec": tokens / seconds, "busbw_GBps": busbw}
+        per_rank = [results[f"{variant}/rank{r}"] for r in range(world)]
+        results[variant] = {"tokens_per_sec": tokens / max(per_rank), "busbw_GBps": busbw,
+                            "ms_per_step_by_rank": [1000 * t / args.steps for t in per_rank]}
+    if args.profile:
+        profile_steps(step, device, args.profile, f"{variant}_rank{rank}")
     if world > 1:
         dist.destroy_process_group()
 
@@ -141,6 +187,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--variants", type=lambda s: s.split(","), default=["one", "ddp", "no_overlap", "bf16"])
     p.add_argument("--cpu", action="store_true", help="gloo on the CPU: checks the script, measures nothing")
+    p.add_argument("--profile", type=Path, help="trace a few steps of each variant on every rank into this folder")
     p.add_argument("--out", type=Path)
     args, overrides = p.parse_known_args()
     if args.cpu:
@@ -155,8 +202,12 @@ def main() -> None:
                 mp.spawn(worker, args=(world, variant, overrides, args, _free_port(), results), nprocs=world)
                 runs[variant].append(dict(results[variant]))
                 bw = runs[variant][-1]["busbw_GBps"]
-                print(f"round {r + 1} {variant:10s} on {world}: {runs[variant][-1]['tokens_per_sec']:,.0f} tok/s"
-                      + (f" | all-reduce busbw {bw:.0f} GB/s" if bw else ""), flush=True)
+                ms = " / ".join(f"{t:.2f}" for t in runs[variant][-1]["ms_per_step_by_rank"])
+                bw = " | all-reduce busbw GB/s " + ", ".join(f"{k} {v:.0f}" for k, v in bw.items()) if bw else ""
+                print(f"round {r + 1} {variant:12s} on {world}: {runs[variant][-1]['tokens_per_sec']:,.0f} tok/s"
+                      f" | ms/step by rank {ms}{bw}", flush=True)
+                if args.out:  # what is done so far survives a run cut short
+                    args.out.write_text(json.dumps({"overrides": overrides, "runs": runs}, indent=2) + "\n")
     base = statistics.median(x["tokens_per_sec"] for x in runs["one"]) if "one" in runs else None
     summary = {"device": torch.cuda.get_device_name() if not args.cpu else "cpu", "devices": args.devices,
                "overrides": overrides, "steps": args.steps, "runs": runs}

@@ -2,6 +2,7 @@
 one gives at the same global batch, write one row, one summary and one W&B run, resume after kill -9,
 and a multirun of two-process jobs runs its jobs once each."""
 
+import gzip
 import json
 import re
 import signal
@@ -32,7 +33,7 @@ def _losses(stdout: str) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, cache):
     """The mixture on two processes, uninterrupted: (process result, run dir)."""
-    return train_to_end(tmp_path_factory.mktemp("two"), cache, [*MIX, "trainer.devices=2"])
+    return train_to_end(tmp_path_factory.mktemp("two"), cache, [*MIX, "trainer.devices=2", "trainer.profile_steps=2"])
 
 
 def test_two_processes_write_one_run_that_matches_one_process(straight, tmp_path, cache):
@@ -52,6 +53,10 @@ def test_two_processes_write_one_run_that_matches_one_process(straight, tmp_path
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     assert "Traceback" not in (run_dir / "rank1.log").read_text()
     assert "step " not in (run_dir / "rank1.log").read_text()  # rank 0 alone prints progress
+    for rank in (0, 1):  # trainer.profile_steps=2: each rank traced two steps (and the losses above held)
+        trace = json.loads(gzip.decompress((run_dir / f"profile_rank{rank}.json.gz").read_bytes()))
+        assert len({e["name"] for e in trace["traceEvents"] if e["name"].startswith("ProfilerStep#")}) == 2
+        assert "aten::mm" in (run_dir / f"profile_rank{rank}.txt").read_text()
 
 
 def test_dpo_on_two_processes_matches_one(tmp_path, cache):

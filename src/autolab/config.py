@@ -83,6 +83,7 @@ class TrainerConf:
     max_loss_ratio: float = MISSING
     snapshot_every_steps: int = MISSING
     snapshot_every_minutes: float = MISSING
+    profile_steps: int = MISSING
 
 
 @dataclass

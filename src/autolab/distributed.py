@@ -173,7 +173,8 @@ def strategy(world: World, trainer_cfg, environment):
     `trainer.strategy=fsdp` Lightning's ModelParallelStrategy, whose device mesh the stage shards
     its model over (`shard`). With torch.compile, `trainer.overlap_grad_sync` lets the compiler
     split the graph at DDP's gradient buckets so each bucket's all-reduce overlaps the rest of the
-    backward (torch._dynamo's DDPOptimizer), or keeps one graph, all-reduced after the backward."""
+    backward (torch._dynamo's DDPOptimizer), or keeps one graph and one bucket, all-reduced once
+    after the backward."""
     if world.size == 1:
         return "auto"
     if sharded(world, trainer_cfg):
@@ -183,7 +184,14 @@ def strategy(world: World, trainer_cfg, environment):
         fsdp.cluster_environment = environment
         return fsdp
     torch._dynamo.config.optimize_ddp = bool(trainer_cfg.overlap_grad_sync)
-    return StreamDDP(cluster_environment=environment)
+    buckets = {} if trainer_cfg.overlap_grad_sync else {"bucket_cap_mb": ONE_BUCKET_MB}
+    return StreamDDP(cluster_environment=environment, **buckets)
+
+
+# Without overlap, small buckets buy nothing: all gradients go in one all-reduce after the backward,
+# which runs at the link's full bandwidth (on 2 H200s over NVLink, DDP's 25 MB buckets reached a
+# third of it; benchmarks/ddp_step.py). A model with more gradient than this gets several buckets.
+ONE_BUCKET_MB = 4096
 
 
 def sharded(world: World, trainer_cfg) -> bool:

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import prepare
-from autolab import distributed, report, resume
+from autolab import distributed, profiling, report, resume
 from autolab.config import check
 from autolab.errors import DivergenceError, UserError, first_line
 from autolab.preemption import Interrupted, Preemption
@@ -244,7 +244,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     )
     # rank 0 decides the stop (budget, signal) for all before anyone logs or snapshots; it alone writes
     callbacks = [preemption, timer, *([rank_sync] if rank_sync else []), monitor,
-                 *([Curves(timer, cfg.eval.curve_every, curves, whole), snapshots] if world.main or sharded else [])]
+                 *([Curves(timer, cfg.eval.curve_every, curves, whole), snapshots] if world.main or sharded else []),
+                 *([profiling.Profile(t.profile_steps, 2 * t.untimed_steps, out, world.rank)] if t.profile_steps else [])]
     environment = distributed.environment(world)
     trainer = L.Trainer(
         accelerator=device.type, devices=t.devices, num_nodes=t.num_nodes,

@@ -2,6 +2,7 @@
 one gives at the same global batch, write one row, one summary and one W&B run, resume after kill -9,
 and a multirun of two-process jobs runs its jobs once each."""
 
+import collections
 import gzip
 import json
 import re
@@ -56,6 +57,10 @@ def test_two_processes_write_one_run_that_matches_one_process(straight, tmp_path
     for rank in (0, 1):  # trainer.profile_steps=2: each rank traced two steps (and the losses above held)
         trace = json.loads(gzip.decompress((run_dir / f"profile_rank{rank}.json.gz").read_bytes()))
         assert len({e["name"] for e in trace["traceEvents"] if e["name"].startswith("ProfilerStep#")}) == 2
+        # per step one all-reduce (DDP's one bucket) and one broadcast (RankSync's, on the CPU): not
+        # Lightning's GPU broadcast of its SIGTERM flag, a host-GPU sync every step (preemption.py)
+        comms = collections.Counter(e["name"] for e in trace["traceEvents"] if e["name"].startswith("c10d::"))
+        assert comms == {"c10d::allreduce_": 2, "c10d::broadcast_": 2}, comms
         assert "aten::mm" in (run_dir / f"profile_rank{rank}.txt").read_text()
 
 

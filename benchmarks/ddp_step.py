@@ -90,7 +90,8 @@ NO_OVERLAP = ("no_overlap", "one_bucket")  # one compiled graph: torch._dynamo's
 
 
 def profile_steps(step, device, directory: Path, name: str, steps: int = 4) -> None:
-    """A torch.profiler trace of `steps` steps after two untraced ones: DIR/name.json.gz and DIR/name.txt."""
+    """A torch.profiler trace of `steps` steps after an untraced one and the profiler's warm-up
+    step: DIR/name.json.gz and DIR/name.txt."""
     directory.mkdir(parents=True, exist_ok=True)
     step()
     with profiling.tracer(steps, directory / name) as prof:

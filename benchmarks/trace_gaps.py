@@ -23,26 +23,25 @@ def load(path: str) -> list[dict]:
         return [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
 
 
-def busy(events: list[dict]) -> float:
-    """Microseconds covered by the union of the events' intervals."""
-    total, end = 0.0, float("-inf")
-    for e in sorted(events, key=lambda e: e["ts"]):
-        start, stop = max(e["ts"], end), e["ts"] + e["dur"]
-        if stop > start:
-            total += stop - start
-        end = max(end, stop)
-    return total
-
-
-def gaps(gpu: list[dict], at_least_us: float) -> list[tuple[float, str, str]]:
-    """(idle microseconds, the GPU work before, the GPU work after) for every gap in the union."""
+def gaps(events: list[dict], at_least_us: float = 0.0) -> list[tuple[float, str, str]]:
+    """(idle microseconds, the work before, the work after) for every gap of at least `at_least_us`
+    between the events' intervals, overlapping intervals taken as one."""
     out, end, last = [], None, None
-    for e in sorted(gpu, key=lambda e: e["ts"]):
+    for e in sorted(events, key=lambda e: e["ts"]):
         if end is not None and e["ts"] - end >= at_least_us:
             out.append((e["ts"] - end, last["name"], e["name"]))
         if end is None or e["ts"] + e["dur"] > end:
             end, last = e["ts"] + e["dur"], e
     return out
+
+
+def span(events: list[dict]) -> float:
+    return max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events) if events else 0.0
+
+
+def busy(events: list[dict]) -> float:
+    """Microseconds covered by the union of the events' intervals: their span less its gaps."""
+    return span(events) - sum(g[0] for g in gaps(events))
 
 
 def host_syncs(events: list[dict]) -> list[str]:
@@ -71,9 +70,8 @@ def report(path: str, top: int) -> None:
         return
     nccl = [e for e in gpu if "nccl" in e["name"].lower()]
     steps = {e["name"] for e in events if e["name"].startswith("ProfilerStep#")}
-    span = max(e["ts"] + e["dur"] for e in gpu) - min(e["ts"] for e in gpu)
     idle = gaps(gpu, 5.0)
-    print(f"== {path}\n{len(steps)} steps traced, GPU span {span / 1e3:.1f} ms: busy {busy(gpu) / 1e3:.1f} ms, "
+    print(f"== {path}\n{len(steps)} steps traced, GPU span {span(gpu) / 1e3:.1f} ms: busy {busy(gpu) / 1e3:.1f} ms, "
           f"NCCL {busy(nccl) / 1e3:.1f} ms ({len(nccl)} kernels), idle {sum(g[0] for g in idle) / 1e3:.1f} ms "
           f"in {len(idle)} gaps of 5 us or more")
     print("largest idle gaps:")

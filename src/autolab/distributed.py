@@ -168,6 +168,12 @@ class StreamDDP(DDPStrategy):
         return DistributedDataParallel(module=model, device_ids=self.determine_ddp_device_ids(), **self._ddp_kwargs)
 
 
+# Without overlap, small buckets buy nothing: all gradients wait for the backward, then go in one
+# all-reduce (on 2 H200s over NVLink: 230 GB/s of bus bandwidth for DDP's default 25 MB bucket, 292
+# for all 200 MB of the GPT's gradients; benchmarks/ddp_step.py). More gradient than this: more buckets.
+ONE_BUCKET_MB = 4096
+
+
 def strategy(world: World, trainer_cfg, environment):
     """Lightning's strategy for this world: 'auto' for one process; else StreamDDP, or for
     `trainer.strategy=fsdp` Lightning's ModelParallelStrategy, whose device mesh the stage shards
@@ -187,11 +193,6 @@ def strategy(world: World, trainer_cfg, environment):
     buckets = {} if trainer_cfg.overlap_grad_sync else {"bucket_cap_mb": ONE_BUCKET_MB}
     return StreamDDP(cluster_environment=environment, **buckets)
 
-
-# Without overlap, small buckets buy nothing: all gradients go in one all-reduce after the backward,
-# which runs at the link's full bandwidth (on 2 H200s over NVLink, DDP's 25 MB buckets reached a
-# third of it; benchmarks/ddp_step.py). A model with more gradient than this gets several buckets.
-ONE_BUCKET_MB = 4096
 
 
 def sharded(world: World, trainer_cfg) -> bool:

@@ -44,11 +44,11 @@ def save(prof: profile, stem: Path) -> None:
 
 
 class Profile(L.Callback):
-    """Traces steps [start, start + steps) of this process (counted from its first step, resumed or
-    not; the step before them warms the profiler up) into out/profile_rank{rank}.*"""
+    """Traces `steps` steps of this process from step 2 x `untimed_steps` on (counted from its first
+    step, resumed or not; the step before them warms the profiler up) into out/profile_rank{rank}.*"""
 
-    def __init__(self, steps: int, start: int, out: Path, rank: int):
-        self.steps, self.start, self.stem = steps, max(start, 1), out / f"profile_rank{rank}"
+    def __init__(self, steps: int, untimed_steps: int, out: Path, rank: int):
+        self.steps, self.start, self.stem = steps, max(2 * untimed_steps, 1), out / f"profile_rank{rank}"
         self.seen = 0
         self.prof: profile | None = None
 

@@ -245,7 +245,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     # rank 0 decides the stop (budget, signal) for all before anyone logs or snapshots; it alone writes
     callbacks = [preemption, timer, *([rank_sync] if rank_sync else []), monitor,
                  *([Curves(timer, cfg.eval.curve_every, curves, whole), snapshots] if world.main or sharded else []),
-                 *([profiling.Profile(t.profile_steps, 2 * t.untimed_steps, out, world.rank)] if t.profile_steps else [])]
+                 *([profiling.Profile(t.profile_steps, t.untimed_steps, out, world.rank)] if t.profile_steps else [])]
     environment = distributed.environment(world)
     trainer = L.Trainer(
         accelerator=device.type, devices=t.devices, num_nodes=t.num_nodes,

@@ -33,6 +33,14 @@ stop_pidfile() {  # stop a daemon by its pid file (never by name: other daemons 
   rm -f "$f"
 }
 
+diagnose() {  # say why the node is not taking jobs, then fail
+  echo "slurm-local: node state: $(sinfo -h -N -o '%T (%E)' 2>&1 | head -1)" >&2
+  for f in /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log; do
+    echo "--- last lines of $f" >&2; tail -n 15 "$f" >&2 2>/dev/null || true
+  done
+  exit 1
+}
+
 down() {
   if command -v squeue >/dev/null && squeue -h >/dev/null 2>&1; then
     ids=$(squeue -h -o %A)
@@ -163,7 +171,17 @@ EOF
   stop_pidfile /run/slurmctld.pid
   slurmctld
   slurmd
-  waitfor 60 sh -c '[ "$(sinfo -h -N -o %T | head -1)" = idle ]'
+  # A drain or down set by an earlier run (a job whose tasks would not die, a node that stopped
+  # answering) is kept in StateSaveLocation across restarts and never clears by itself.
+  local state
+  waitfor 60 sh -c '[ -n "$(sinfo -h -N -o %T | head -1)" ]' || diagnose
+  state=$(sinfo -h -N -o '%T|%E' | head -1)
+  case "${state%%|*}" in
+    drain*|down*|fail*)
+      log "node was ${state%%|*} (${state#*|}) from an earlier run: resuming it"
+      scontrol update nodename="$host" state=resume ;;
+  esac
+  waitfor 60 sh -c '[ "$(sinfo -h -N -o %T | head -1)" = idle ]' || diagnose
   timeout 60 srun -t 1 true
   log "up: $(sinfo -h -o '%P %D node, %c CPUs, %m MB')"
 }

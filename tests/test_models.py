@@ -31,8 +31,8 @@ def test_checkpoint_loads_back_through_auto_classes(tmp_path, cache):
 
 
 def trained_like_gpt(vocab: int = 100) -> GPT:
-    """Every weight random (a fresh GPT's blocks start as the identity, so its output would depend on
-    the last token only, and a generate that dropped the prefix would pass unseen)."""
+    """Every weight large and random: a fresh GPT's small residual updates leave its output mostly a
+    function of the last token, and a generate that dropped the prefix could pass unseen."""
     model = tiny_gpt(vocab)
     with torch.no_grad():
         for p in model.parameters():
@@ -94,3 +94,44 @@ def test_rotary_tables_are_the_rope_angles_and_survive_loading(tmp_path, cache):
     assert sin[7, 7].item() == pytest.approx(math.sin(7 * 10000 ** (-14 / 16)), rel=1e-6)  # float32
     loaded = AutoModelForCausalLM.from_pretrained(save_checkpoint(model, prepare.Tokenizer.load(), tmp_path / "c"))
     assert torch.equal(loaded.rotary.cos, cos) and torch.equal(loaded.rotary.sin, sin)
+
+
+def test_a_fresh_gpt_takes_the_init_it_states():
+    """transformers initialises only modules with weights of their own, so what a Block wants for its
+    layers is marked on them (`init_std`): the value gates must really start at zero (gate 1)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, n_layer=3, n_head=2, n_embd=64, max_position_embeddings=64,
+                          value_embeddings=True))
+    for block in model.blocks:
+        for layer in (block.qkv, block.attn_out, block.mlp_in, block.mlp_out):
+            assert 0.015 < layer.weight.std() < 0.025
+    assert 0.9 < model.wte.weight.std() < 1.1
+    ves = [i for i, b in enumerate(model.blocks) if b.value_embedding is not None]
+    assert ves == [0, 2]  # every other layer, the last included
+    for i in ves:
+        assert 0.015 < model.blocks[i].value_embedding.weight.std() < 0.025
+        assert not model.blocks[i].value_gate.weight.any()
+
+
+def test_value_embeddings_and_soft_cap_train_and_load_back(tmp_path, cache):
+    from autolab.models import flops_per_token
+
+    cfg = dict(vocab_size=8192, n_layer=2, n_head=2, n_embd=32, max_position_embeddings=64)
+    plain = GPT(GPTConfig(**cfg))
+    model = GPT(GPTConfig(**cfg, value_embeddings=True, logit_softcap=2.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randint(0, 8192, (2, 16))
+    out = model(input_ids=x, labels=x)
+    assert out.logits.abs().max() < 2.0  # capped: without the cap these weights give logits far above 2
+    out.loss.backward()
+    block = model.blocks[1]
+    assert block.value_embedding.weight.grad.abs().sum() > 0 and block.value_gate.weight.grad.abs().sum() > 0
+    # a table lookup is no matmul: only the gate's weights add to the FLOPs
+    assert flops_per_token(model, 16) - flops_per_token(plain, 16) == 6 * block.value_gate.weight.numel()
+
+    folder = save_checkpoint(model, prepare.Tokenizer.load(), tmp_path / "checkpoint")
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert loaded.config.value_embeddings and loaded.config.logit_softcap == 2.0
+    assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)

@@ -35,6 +35,8 @@ class ModelConf:
     n_embd: int = MISSING
     max_seq_len: int = MISSING
     rope_theta: float = MISSING
+    value_embeddings: bool = False
+    logit_softcap: float = 0.0
 
 
 @dataclass
@@ -188,6 +190,7 @@ def _rules(c: DictConfig):
         f"must split into model.n_head={m.n_head} heads of an even size (e.g. {m.n_head * 64})"
     yield "model.max_seq_len", m.max_seq_len >= 1, "use 1 or more positions"
     yield "model.rope_theta", m.rope_theta > 0, "use a positive base (10000 is usual)"
+    yield "model.logit_softcap", m.logit_softcap >= 0, "use 0 (off) or a positive cap (15 is usual)"
     yield "data.batch_size", d.batch_size >= 1, "use 1 or more rows a step"
     yield "data.seq_len", d.seq_len >= 1, "use 1 or more tokens a row"
     yield "data.seq_len", c.init_from or d.seq_len <= m.max_seq_len, \

@@ -66,8 +66,8 @@ def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) ->
     head = model.get_output_embeddings()
     if head is not None:
         embeddings.add(id(head.weight))
-    # the input embedding's and the head's own rates (the head's wins where they are tied)
-    scales = {id(model.get_input_embeddings().weight): cfg.embedding_lr_scale}
+    # the embeddings' (input and value embeddings) and the head's own rates (the head's wins where tied)
+    scales = {i: cfg.embedding_lr_scale for i in embeddings}
     if head is not None:
         scales[id(head.weight)] = cfg.head_lr_scale
     adamw = dict(lr=peak_lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)

@@ -40,6 +40,8 @@ def build_gpt(cfg, vocab_size: int) -> GPT:
             n_embd=cfg.n_embd,
             max_position_embeddings=cfg.max_seq_len,
             rope_theta=cfg.rope_theta,
+            value_embeddings=cfg.value_embeddings,
+            logit_softcap=cfg.logit_softcap,
         )
     )
 
@@ -84,7 +86,9 @@ def load_pretrained(source: str):
 
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token as AutoResearch/nanochat count them, for any HF decoder:
-    6 x (parameters - input embedding) + 12 x layers x width x sequence length."""
+    6 x (parameters - embedding tables) + 12 x layers x width x sequence length. A table lookup is
+    no matmul: the input embedding and the GPT's value embeddings are left out."""
     c = model.config
-    n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    tables = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    n = sum(p.numel() for p in model.parameters()) - sum(tables.values())
     return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq_len

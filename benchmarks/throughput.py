@@ -55,15 +55,14 @@ def bare_loop(cfg, model, dataset, device, warmup: int, steps: int) -> float:
 
     fwd = torch.compile(batch_loss) if cuda else batch_loss
     opts = build_optimizers(model, cfg.optim, cfg.schedule.peak_lr)
-    s = cfg.schedule
+    schedule = dict(cfg.schedule)  # as the stage reads it: out of OmegaConf once
     it = iter(torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=cuda))
     t0 = 0.0
     for step in range(warmup + steps):
         if step == warmup:
             sync(device)
             t0 = time.perf_counter()
-        lr = lr_at(step / (warmup + steps), peak_lr=s.peak_lr, initial_lr=s.initial_lr, warmup=s.warmup,
-                   min_lr_ratio=s.min_lr_ratio)
+        lr = lr_at(step / (warmup + steps), **schedule)
         for opt in opts:
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]

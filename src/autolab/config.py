@@ -26,6 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 import prepare
 from autolab.errors import UserError
+from autolab.schedules import DECAYS
 
 
 @dataclass
@@ -64,6 +65,8 @@ class ScheduleConf:
     initial_lr: float = MISSING
     warmup: float = MISSING
     min_lr_ratio: float = MISSING
+    decay: str = "cosine"
+    warmdown: float = 1.0
 
 
 @dataclass
@@ -208,6 +211,8 @@ def _rules(c: DictConfig):
     yield "schedule.initial_lr", s.initial_lr >= 0, "use 0 or more"
     yield "schedule.warmup", 0 <= s.warmup <= 1, "is a fraction of the run: use a number in [0, 1]"
     yield "schedule.min_lr_ratio", 0 <= s.min_lr_ratio <= 1, "is a fraction of peak_lr: use a number in [0, 1]"
+    yield "schedule.decay", s.decay in DECAYS, f"use one of {', '.join(DECAYS)}"
+    yield "schedule.warmdown", 0 <= s.warmdown <= 1, "is a fraction of the run: use a number in [0, 1] (1: decay after warmup)"
     yield "trainer.accelerator", t.accelerator in ("auto", "gpu", "cuda", "cpu"), "use auto, gpu or cpu"
     yield "trainer.devices", t.devices >= 1, "use 1 or more devices (processes) per node"
     yield "trainer.num_nodes", t.num_nodes >= 1, "use 1 or more nodes"

@@ -22,7 +22,8 @@ class OptimisedStage(L.LightningModule):
                  grad_clip: float, restore: dict | None = None):
         super().__init__()
         self.model = model
-        self.optim_cfg, self.schedule, self.budget, self.grad_clip = optim, schedule, budget, grad_clip
+        self.optim_cfg, self.budget, self.grad_clip = optim, budget, grad_clip
+        self.schedule = dict(schedule)  # lr_at's keywords, read out of OmegaConf once (45 us a step inside it)
         self.restore = restore  # optimiser and RNG states of a resumed run, applied at train start
         self.automatic_optimization = False
         self.current_lr = 0.0
@@ -32,7 +33,7 @@ class OptimisedStage(L.LightningModule):
             distributed.shard(self.model, self.device_mesh["data_parallel"])
 
     def configure_optimizers(self):
-        return build_optimizers(self.model, self.optim_cfg, self.schedule.peak_lr)
+        return build_optimizers(self.model, self.optim_cfg, self.schedule["peak_lr"])
 
     def all_optimizers(self) -> list:
         optimizers = self.optimizers()
@@ -47,11 +48,7 @@ class OptimisedStage(L.LightningModule):
             resume.set_rng_state(self.restore["rng"])
 
     def set_lr(self) -> None:
-        s = self.schedule
-        self.current_lr = lr_at(
-            self.budget.progress(), peak_lr=s.peak_lr, initial_lr=s.initial_lr,
-            warmup=s.warmup, min_lr_ratio=s.min_lr_ratio,
-        )
+        self.current_lr = lr_at(self.budget.progress(), **self.schedule)
         for opt in self.all_optimizers():
             for group in opt.param_groups:
                 group["lr"] = self.current_lr * group["lr_scale"]

@@ -11,7 +11,14 @@ PyTorch's scaled_dot_product_attention, and sliding windows off (WINDOW_PATTERN 
 Its data folder gets the `sources` domain's Parquet shards (train shards as its training shards, the
 val shard as its pinned validation shard), and its own prepare.py trains its own tokenizer on them.
 Pieces are at most 4 kB, so its best-fit packing (which crops documents longer than a row) keeps
-every document whole, and both evaluate on documents of the same validation split.
+every document whole.
+
+Each program's own val_bpb scores different text: ours the first 500 kB of validation documents in
+pinned order (prepare.EVAL_BYTES), autoresearch's 21M tokens of its validation loader (best-fit
+packed rows, the split and a half again). So both final models are also scored by autolab's fixed
+evaluator, `prepare.evaluate_bpb`, on the same documents: the first `--eval-bytes` of the validation
+split in pinned order (default: all of it). That is `same_text_bpb`, the figure to compare; for
+autoresearch it runs in its own process after its summary (APPEND), on its model and tokenizer.
 """
 
 from __future__ import annotations
@@ -38,6 +45,55 @@ PATCHES = [  # (what autoresearch's train.py says, what it becomes): SDPA instea
     ('WINDOW_PATTERN = "SSSL"', 'WINDOW_PATTERN = "L"'),
 ]
 
+APPEND = """
+# appended by autolab's vs_autoresearch.py: the final model scored by autolab's evaluator on autolab's text
+import importlib.util, resource, types
+print(f"train_rss_mb:     {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")  # before ours: its RSS
+_spec = importlib.util.spec_from_file_location("autolab_prepare", os.environ["AUTOLAB_PREPARE"])
+_ap = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_ap)
+
+
+class _Tokenizer:  # the Hugging Face tokenizer interface that prepare.evaluate_bpb reads
+    bos_token_id, eos_token_id = tokenizer.get_bos_token_id(), None
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": tokenizer.enc.encode_ordinary_batch(texts, num_threads=8)}
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, input_ids):
+        return types.SimpleNamespace(logits=self.m(input_ids))
+
+
+_t = time.time()
+_texts = _ap.val_documents(_ap.SOURCES, int(os.environ["AUTOLAB_EVAL_BYTES"]))
+_bpb = _ap.evaluate_bpb(_Logits(getattr(model, "_orig_mod", model)), _Tokenizer(), _texts)
+print(f"same_text_bpb:    {_bpb:.6f}")
+print(f"same_text_bytes:  {sum(len(t.encode()) for t in _texts)}")
+print(f"same_text_eval_s: {time.time() - _t:.1f}")
+"""
+
+
+def same_text_bpb(checkpoint: Path, max_bytes: int) -> dict:
+    """autolab's final model (its run's checkpoint folder) scored on the first max_bytes of the
+    validation split: the text the APPEND scores autoresearch's model on."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import autolab.models  # noqa: F401  (registers the GPT with AutoModelForCausalLM)
+    import prepare
+
+    t = time.time()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).to("cuda" if torch.cuda.is_available() else "cpu")
+    texts = prepare.val_documents(prepare.SOURCES, max_bytes)
+    bpb = prepare.evaluate_bpb(model, prepare.Tokenizer.load(checkpoint), texts)
+    return {"same_text_bpb": bpb, "same_text_bytes": sum(len(x.encode()) for x in texts), "same_text_eval_s": time.time() - t}
+
 
 def measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
     with log.open("w") as f:
@@ -62,7 +118,8 @@ def run_autolab(args, env: dict) -> dict:
     s = out["summary"]
     tok = prepare.Tokenizer.load()
     train_tokens = sum(len(x) for x in prepare.load_tokens(prepare.SOURCES, "train", tok))
-    return {"val_bpb": float(s["val_bpb"]), "tokens_M": float(s["total_tokens_M"]),
+    same = same_text_bpb(Path(s["output_dir"]) / "checkpoint", args.eval_bytes)
+    return {"val_bpb": float(s["val_bpb"]), **same, "tokens_M": float(s["total_tokens_M"]),
             "passes": float(s["total_tokens_M"]) * 1e6 / train_tokens, "mfu_percent": float(s["mfu_percent"]),
             "training_seconds": float(s["training_seconds"]), "num_steps": int(s["num_steps"]),
             "rss_mb": out["rss_mb"], "wall_s": out["wall_s"], "peak_vram_mb": float(s["peak_vram_mb"])}
@@ -79,7 +136,7 @@ def run_autoresearch(args, env: dict) -> dict:
         if old not in train:
             raise SystemExit(f"autoresearch's train.py changed: {old.strip()!r} not found; update PATCHES")
         train = train.replace(old, new)
-    (work / "train.py").write_text(train)
+    (work / "train.py").write_text(train + APPEND)
     (work / "prepare.py").write_text((repo / "prepare.py").read_text())
     home = work / "home"
     data = home / ".cache" / "autoresearch" / "data"
@@ -92,7 +149,8 @@ def run_autoresearch(args, env: dict) -> dict:
     val.unlink(missing_ok=True)
     val.symlink_to(next(src.glob("val-*.parquet")))
     ours = {str(ROOT), str(ROOT / "src"), str(ROOT / "benchmarks")}  # its `prepare` must be its own
-    env = {**env, "HOME": str(home),
+    env = {**env, "HOME": str(home), "AUTOLAB_PREPARE": str(ROOT / "prepare.py"),
+           "AUTOLAB_CACHE": str(prepare.cache_dir()), "AUTOLAB_EVAL_BYTES": str(args.eval_bytes),
            "PYTHONPATH": ":".join(x for x in env.get("PYTHONPATH", "").split(":") if x and x.rstrip("/") not in ours)}
     t0 = time.time()
     subprocess.run([sys.executable, "-c", "import prepare; prepare.train_tokenizer()"], cwd=work, env=env, check=True)
@@ -104,11 +162,13 @@ def run_autoresearch(args, env: dict) -> dict:
              "print(sum(len(ids) + 1 for f in files for ids in t.encode(pq.read_table(f, columns=['text']).column('text').to_pylist())))")
     train_tokens = int(subprocess.run([sys.executable, "-c", count], cwd=work, env=env, capture_output=True,
                                       text=True, check=True).stdout.strip())
-    return {"val_bpb": float(s["val_bpb"]), "tokens_M": float(s["total_tokens_M"]),
+    return {"val_bpb": float(s["val_bpb"]), "same_text_bpb": float(s["same_text_bpb"]),
+            "same_text_bytes": int(s["same_text_bytes"]), "same_text_eval_s": float(s["same_text_eval_s"]),
+            "tokens_M": float(s["total_tokens_M"]),
             "passes": float(s["total_tokens_M"]) * 1e6 / train_tokens, "mfu_percent": float(s["mfu_percent"]),
             "training_seconds": float(s["training_seconds"]), "num_steps": int(s["num_steps"]),
-            "rss_mb": out["rss_mb"], "wall_s": out["wall_s"], "peak_vram_mb": float(s["peak_vram_mb"]),
-            "tokenizer_training_s": tokenizer_s}
+            "rss_mb": float(s["train_rss_mb"]), "wall_s": out["wall_s"] - float(s["same_text_eval_s"]),
+            "peak_vram_mb": float(s["peak_vram_mb"]), "tokenizer_training_s": tokenizer_s}
 
 
 def main() -> None:
@@ -116,6 +176,8 @@ def main() -> None:
     p.add_argument("system", choices=["autolab", "autoresearch"])
     p.add_argument("--repo", type=Path, default=ROOT / ".ar", help="autoresearch's train.py and prepare.py")
     p.add_argument("--seconds", type=int, default=300)
+    p.add_argument("--eval-bytes", type=int, default=2**40,
+                   help="validation text both final models are scored on by autolab's evaluator (default: the whole split)")
     p.add_argument("--log", type=Path, default=Path("run.log"))
     p.add_argument("--out", type=Path, default=Path("vs_autoresearch.json"))
     args, args.overrides = p.parse_known_args()

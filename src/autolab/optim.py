@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from autolab.errors import UserError
+from autolab.models import embedding_tables
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic iteration
 
@@ -62,7 +63,7 @@ class StackedMuon(torch.optim.Optimizer):
 def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) -> list[torch.optim.Optimizer]:
     fused = next(model.parameters()).is_cuda
     params = [p for p in model.parameters() if p.requires_grad]
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    embeddings = set(embedding_tables(model))
     head = model.get_output_embeddings()
     if head is not None:
         embeddings.add(id(head.weight))

@@ -16,7 +16,7 @@ from autolab.models.gpt import GPT, GPTConfig
 AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
 
-__all__ = ["GPT", "GPTConfig", "build_gpt", "load_pretrained", "flops_per_token", "use_attention"]
+__all__ = ["GPT", "GPTConfig", "build_gpt", "load_pretrained", "flops_per_token", "embedding_tables", "use_attention"]
 
 def use_attention(backend: str) -> None:
     """Pick the kernel of `scaled_dot_product_attention` for this process (our GPT and HF models alike):
@@ -84,11 +84,16 @@ def load_pretrained(source: str):
     return model, tokenizer
 
 
+def embedding_tables(model: torch.nn.Module) -> dict[int, torch.Tensor]:
+    """Every lookup table's weight (the input embedding, the GPT's value embeddings), once each, by id:
+    what the FLOPs leave out and what the optimiser runs at the embedding rate."""
+    return {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+
+
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token as AutoResearch/nanochat count them, for any HF decoder:
     6 x (parameters - embedding tables) + 12 x layers x width x sequence length. A table lookup is
     no matmul: the input embedding and the GPT's value embeddings are left out."""
     c = model.config
-    tables = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    n = sum(p.numel() for p in model.parameters()) - sum(tables.values())
+    n = sum(p.numel() for p in model.parameters()) - sum(w.numel() for w in embedding_tables(model).values())
     return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq_len

@@ -8,8 +8,9 @@
 #   SLURM_LOCAL_ACCOUNTING=0 bash scripts/slurm-local.sh up   # the same cluster with accounting off
 #
 # `up` is idempotent (it restarts the daemons with the same config), resumes a node that an earlier
-# run left drained or down, and takes about 3 s once the packages are installed. Requeued jobs may start again after 10 s (AuthInfo=cred_expire=10; the
-# default 120 s makes a requeue-and-resume take minutes), and the scheduler runs every 2 s.
+# run left drained or down, and takes about 3 s once the packages are installed. Requeued jobs may
+# start again after 10 s (AuthInfo=cred_expire=10; the default 120 s makes a requeue-and-resume take
+# minutes), and the scheduler runs every 2 s.
 set -euo pipefail
 ACCT=${SLURM_LOCAL_ACCOUNTING:-1}
 LOGDIR=${SLURM_LOCAL_LOGDIR:-/tmp/slurm-local}

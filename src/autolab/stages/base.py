@@ -23,7 +23,8 @@ class OptimisedStage(L.LightningModule):
         super().__init__()
         self.model = model
         self.optim_cfg, self.budget, self.grad_clip = optim, budget, grad_clip
-        self.schedule = dict(schedule)  # lr_at's keywords, read out of OmegaConf once: 46 us a step through it, 0.8 us from a dict
+        # lr_at's keywords, read out of OmegaConf once: 46 us a step through it, 0.8 us from a dict
+        self.schedule = dict(schedule)
         self.restore = restore  # optimiser and RNG states of a resumed run, applied at train start
         self.automatic_optimization = False
         self.current_lr = 0.0

@@ -2,6 +2,7 @@
 for the same 300 s of training: val_bpb, tokens, passes over the data, MFU, peak RSS, wall time.
 
     python prepare.py --sources                       # the corpus: installed packages' sources, 4 kB pieces
+    python prepare.py --sources --new-tokenizer       # optional: our tokenizer trained on it too, as autoresearch's is
     python benchmarks/vs_autoresearch.py autolab --out autolab.json
     python benchmarks/vs_autoresearch.py autoresearch --repo .ar --out autoresearch.json
 

@@ -17,7 +17,6 @@ import torch
 from omegaconf import DictConfig
 
 from autolab.errors import UserError
-from autolab.models import embedding_tables
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic iteration
 
@@ -61,6 +60,8 @@ class StackedMuon(torch.optim.Optimizer):
 
 
 def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) -> list[torch.optim.Optimizer]:
+    from autolab.models import embedding_tables  # here, not at the top: autolab.models loads transformers (2.5 s)
+
     fused = next(model.parameters()).is_cuda
     params = [p for p in model.parameters() if p.requires_grad]
     embeddings = set(embedding_tables(model))

@@ -89,6 +89,7 @@ def run_ours(args, data: list[dict]) -> dict:
     from omegaconf import OmegaConf
 
     from autolab.callbacks import Budget, TimeBudget
+    from autolab.config import OptimConf
     from autolab.data.preference import PreferenceBatches, tokenize_pairs
     from autolab.models import load_pretrained
     from autolab.stages import DPOStage
@@ -103,8 +104,8 @@ def run_ours(args, data: list[dict]) -> dict:
                           "max_length": args.max_length, "max_prompt_length": None, "min_response_tokens": 4,
                           "columns": {}})
     pairs = tokenize_pairs(data, tok, d)
-    optim = OmegaConf.create({"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
-                              "embedding_lr_scale": 1.0, "head_lr_scale": 1.0})
+    optim = OmegaConf.structured(OptimConf(name="adamw", betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0,
+                                           embedding_lr_scale=1.0, head_lr_scale=1.0))
     schedule = OmegaConf.create({"peak_lr": 1e-6, "initial_lr": 0.0, "warmup": 0.1, "min_lr_ratio": 0.0})
     budget = Budget(1e9, max_steps=args.warmup + args.steps, untimed_steps=args.warmup)
     marks = {}

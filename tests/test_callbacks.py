@@ -5,12 +5,13 @@ import torch
 from omegaconf import OmegaConf
 
 from autolab.callbacks import Budget, TimeBudget
+from autolab.config import OptimConf
 from autolab.data import PackedRows
 from autolab.models import GPT, GPTConfig
 from autolab.stages import LMStage
 
-OPTIM = OmegaConf.create({"name": "adamw", "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
-                         "embedding_lr_scale": 1.0, "head_lr_scale": 1.0})
+OPTIM = OmegaConf.structured(OptimConf(name="adamw", betas=[0.9, 0.95], eps=1e-8, weight_decay=0.0,
+                                        embedding_lr_scale=1.0, head_lr_scale=1.0))
 SCHEDULE = OmegaConf.create({"peak_lr": 1e-3, "initial_lr": 0.0, "warmup": 0.0, "min_lr_ratio": 0.1})
 
 

@@ -50,6 +50,7 @@ CONFIG_VALUES = [  # (overrides, what stderr says); each one problem, refused be
     (["optim.name=sgd"], "optim.name=sgd: use one of adamw, muon"),
     (["optim.betas=[0.9,1.2]"], "optim.betas=[0.9, 1.2]: use two numbers in [0, 1)"),
     (["optim.eps=0"], "optim.eps=0.0: use a small positive number"),
+    (["optim=muon", "optim.muon_beta2=1"], "optim.muon_beta2=1.0: use 0 (plain Muon) or a number below 1 for NorMuon"),
     (["eval.batch_size=0"], "eval.batch_size=0: use 1 or more rows"),
     (["replay.ratio=1.5"], "replay.ratio=1.5: is outside [0, 1)"),
     (["stage=cpt"], "init_from=null: is missing: this stage continues from a model"),

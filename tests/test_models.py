@@ -135,3 +135,20 @@ def test_value_embeddings_and_soft_cap_train_and_load_back(tmp_path, cache):
     loaded = AutoModelForCausalLM.from_pretrained(folder)
     assert loaded.config.value_embeddings and loaded.config.logit_softcap == 2.0
     assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
+
+
+def test_the_x0_skip_mixes_the_embedding_in_and_its_scalars_load_back(tmp_path, cache):
+    cfg = dict(vocab_size=8192, n_layer=2, n_head=2, n_embd=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**cfg, x0_skip=True))
+    x = torch.randint(0, 8192, (2, 16))
+    before = model(input_ids=x).logits
+    with torch.no_grad():
+        model.x0_scalars.copy_(torch.tensor([0.7, -0.3]))  # as if trained: no init value
+        model.resid_scalars.copy_(torch.tensor([0.5, 1.5]))
+    after = model(input_ids=x).logits
+    assert not torch.allclose(before, after)  # the scalars are in the forward pass
+    folder = save_checkpoint(model, prepare.Tokenizer.load(), tmp_path / "checkpoint")
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert loaded.config.x0_skip and loaded.x0_scalars.tolist() == pytest.approx([0.7, -0.3])
+    assert torch.equal(after, loaded(input_ids=x).logits)  # loading keeps them, never re-initialises

@@ -1,5 +1,7 @@
-"""StackedMuon against torch.optim.Muon: the same update, with same-shaped matrices batched."""
+"""StackedMuon against torch.optim.Muon: the same update, with same-shaped matrices batched; NorMuon on top;
+which parameter takes which rate."""
 
+import pytest
 import torch
 
 from autolab.optim import StackedMuon
@@ -28,13 +30,14 @@ def test_stacked_muon_takes_torch_muons_steps():
 def test_every_embedding_table_takes_the_embedding_rate_and_the_head_its_own():
     from omegaconf import OmegaConf
 
+    from autolab.config import OptimConf
     from autolab.models import GPT, GPTConfig
     from autolab.optim import build_optimizers
 
     model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, max_position_embeddings=16,
                           value_embeddings=True))
-    cfg = OmegaConf.create(dict(name="muon", betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, embedding_lr_scale=300.0,
-                                head_lr_scale=4.0, muon_lr_scale=20.0, muon_momentum=0.95))
+    cfg = OmegaConf.structured(OptimConf(name="muon", betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, embedding_lr_scale=300.0,
+                                         head_lr_scale=4.0, muon_lr_scale=20.0, muon_momentum=0.95))
     muon, adamw = build_optimizers(model, cfg, peak_lr=1e-3)
     rate = {id(p): g["lr_scale"] for g in adamw.param_groups for p in g["params"]}
     assert rate[id(model.wte.weight)] == rate[id(model.blocks[1].value_embedding.weight)] == 300.0
@@ -42,3 +45,78 @@ def test_every_embedding_table_takes_the_embedding_rate_and_the_head_its_own():
     in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
     assert id(model.blocks[1].value_embedding.weight) not in in_muon  # a table is no matrix for Muon
     assert id(model.blocks[1].value_gate.weight) in in_muon and id(model.blocks[0].qkv.weight) in in_muon
+
+
+def test_normuon_evens_each_neurons_step_and_keeps_muons_size():
+    """NorMuon divides each row (each column of a wide matrix) of Muon's update by its running RMS and
+    scales back: after one step every row moves as far as every other, and the whole by as much as Muon."""
+    torch.manual_seed(0)
+    shapes = [(48, 16), (48, 16), (16, 48)]
+    start = [torch.randn(*s) for s in shapes]
+    grads = [torch.randn(*s) * torch.linspace(0.1, 10, s[0])[:, None] for s in shapes]  # rows of very unequal size
+    moves = {}
+    for beta2 in (0.0, 0.95):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt = StackedMuon(params, lr=0.02, momentum=0.95, weight_decay=0.0, beta2=beta2)
+        opt.step()
+        moves[beta2] = [p.detach() - p0 for p, p0 in zip(params, start)]
+        assert ("variance" in opt.state[params[0]]) == bool(beta2)
+    for muon, normuon, shape in zip(moves[0.0], moves[0.95], shapes):
+        per_neuron = normuon.norm(dim=1 if shape[0] >= shape[1] else 0)
+        assert per_neuron.max() / per_neuron.min() < 1.05  # even (bf16 products)
+        plain = muon.norm(dim=1 if shape[0] >= shape[1] else 0)
+        assert plain.max() / plain.min() > 1.2  # Muon alone leaves them uneven: the test can tell
+        assert abs(normuon.norm() / muon.norm() - 1) < 0.02
+
+
+def test_the_x0_skips_scalars_take_the_scalar_rate_and_learn():
+    from omegaconf import OmegaConf
+
+    from autolab.config import OptimConf
+    from autolab.models import GPT, GPTConfig
+    from autolab.optim import build_optimizers
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, max_position_embeddings=16, x0_skip=True))
+    assert model.resid_scalars.tolist() == [1.0, 1.0] and model.x0_scalars.tolist() == pytest.approx([0.1, 0.1])
+    cfg = OmegaConf.structured(OptimConf(name="muon", betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, embedding_lr_scale=1.0,
+                                         head_lr_scale=1.0, scalar_lr_scale=40.0, muon_lr_scale=20.0, muon_momentum=0.95))
+    muon, adamw = build_optimizers(model, cfg, peak_lr=1e-3)
+    rate = {id(p): g["lr_scale"] for g in adamw.param_groups for p in g["params"]}
+    assert rate[id(model.x0_scalars)] == rate[id(model.resid_scalars)] == 40.0
+    x = torch.randint(0, 64, (4, 16))
+    for _ in range(3):
+        for opt in (muon, adamw):
+            for g in opt.param_groups:
+                g["lr"] = 1e-3 * g["lr_scale"]
+        model(input_ids=x, labels=x).loss.backward()
+        muon.step(), adamw.step(), muon.zero_grad(), adamw.zero_grad()
+    assert (model.x0_scalars - 0.1).abs().min() > 0.05  # Adam's steps of ~0.04 each: the scalars moved
+
+
+def test_normuon_resumes_exactly_from_its_state_dict(tmp_path):
+    """The running mean squares are optimiser state: saved and loaded (weights_only), the next step
+    is the one an uninterrupted run takes."""
+    torch.manual_seed(0)
+    shapes = [(24, 8), (8, 24)]
+    grads = [[torch.randn(*s) for s in shapes] for _ in range(3)]
+
+    def run(params, opt, steps):
+        for g in steps:
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+
+    straight = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in straight]
+    run(straight, StackedMuon(straight, lr=0.02, beta2=0.95), grads)
+    first = StackedMuon(resumed, lr=0.02, beta2=0.95)
+    run(resumed, first, grads[:2])
+    torch.save(first.state_dict(), tmp_path / "optim.pt")
+    second = StackedMuon(resumed, lr=0.02, beta2=0.95)
+    second.load_state_dict(torch.load(tmp_path / "optim.pt", weights_only=True))
+    run(resumed, second, grads[2:])
+    assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
+    assert second.state[resumed[0]]["variance"].shape == (24, 1) and second.state[resumed[1]]["variance"].shape == (1, 24)

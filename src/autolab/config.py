@@ -38,6 +38,7 @@ class ModelConf:
     rope_theta: float = MISSING
     value_embeddings: bool = False
     logit_softcap: float = 0.0
+    x0_skip: bool = False
 
 
 @dataclass
@@ -55,8 +56,10 @@ class OptimConf:
     weight_decay: float = MISSING
     embedding_lr_scale: float = MISSING
     head_lr_scale: float = MISSING
+    scalar_lr_scale: float = 1.0
     muon_lr_scale: Optional[float] = None  # muon only
     muon_momentum: Optional[float] = None
+    muon_beta2: float = 0.0  # NorMuon's; 0: plain Muon
 
 
 @dataclass
@@ -204,9 +207,11 @@ def _rules(c: DictConfig):
     yield "optim.weight_decay", o.weight_decay >= 0, "use 0 or more"
     yield "optim.embedding_lr_scale", o.embedding_lr_scale > 0, "use a positive scale (1 keeps the schedule's rate)"
     yield "optim.head_lr_scale", o.head_lr_scale > 0, "use a positive scale (1 keeps the schedule's rate)"
+    yield "optim.scalar_lr_scale", o.scalar_lr_scale > 0, "use a positive scale (1 keeps the schedule's rate)"
     if o.name == "muon":
         yield "optim.muon_lr_scale", (o.muon_lr_scale or 0) > 0, "use a positive scale (20 is usual)"
         yield "optim.muon_momentum", o.muon_momentum is not None and 0 <= o.muon_momentum < 1, "use a number in [0, 1), e.g. 0.95"
+        yield "optim.muon_beta2", 0 <= o.muon_beta2 < 1, "use 0 (plain Muon) or a number below 1 for NorMuon, e.g. 0.95"
     yield "schedule.peak_lr", s.peak_lr > 0, "use a positive learning rate"
     yield "schedule.initial_lr", s.initial_lr >= 0, "use 0 or more"
     yield "schedule.warmup", 0 <= s.warmup <= 1, "is a fraction of the run: use a number in [0, 1]"

@@ -7,6 +7,9 @@ curve drives every group (Muon's hidden weights run at a larger rate; Jordan et 
 learning rate scaled by sqrt(max(1, rows/cols)), decoupled weight decay) with the matrices of one
 shape orthogonalised together: one batched chain of matrix products per shape instead of one per
 matrix. torch.optim.Muon's per-matrix loop cost the default model 11% of its step on an H100.
+With `beta2` > 0 it is NorMuon (Li et al. 2025, as in autoresearch): each orthogonalised update is
+divided, row by row (column by column for wide matrices), by the root of a running mean of its
+squares, then scaled back to its own Frobenius norm, so neurons move at an even pace.
 """
 
 from __future__ import annotations
@@ -35,11 +38,23 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     return x.mT if tall else x
 
 
+def normalize_neurons(u: torch.Tensor, variance: torch.Tensor, beta2: float) -> torch.Tensor:
+    """NorMuon's step on a stack of updates [k, rows, cols]: `variance` ([k, rows, 1] or [k, 1, cols],
+    updated in place) follows the mean square of each row (of each column where cols > rows)."""
+    x = u.float()
+    mean_sq = x.square().mean(dim=-1 if variance.size(-1) == 1 else -2, keepdim=True)
+    variance.lerp_(mean_sq, 1 - beta2)
+    y = x * variance.clamp_min(1e-10).rsqrt()
+    y = y * (x.norm(dim=(-2, -1), keepdim=True) / y.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10))
+    return y.to(u.dtype)
+
+
 class StackedMuon(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.95, weight_decay: float = 0.1,
-                 ns_steps: int = 5, compile: bool = False):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+                 ns_steps: int = 5, beta2: float = 0.0, compile: bool = False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps, beta2=beta2))
         self._ns = torch.compile(newton_schulz, dynamic=False) if compile else newton_schulz
+        self._norm = torch.compile(normalize_neurons, dynamic=False) if compile else normalize_neurons
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -54,6 +69,12 @@ class StackedMuon(torch.optim.Optimizer):
                 bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
                 torch._foreach_lerp_(bufs, grads, 1 - mu)
                 updates = self._ns(torch.stack(torch._foreach_lerp(grads, bufs, mu)), group["ns_steps"])
+                if group["beta2"]:  # NorMuon: one running mean square per row (per column if wide)
+                    size = (shape[0], 1) if shape[0] >= shape[1] else (1, shape[1])
+                    variances = [self.state[p].setdefault("variance", p.new_zeros(size, dtype=torch.float32)) for p in params]
+                    stacked = torch.stack(variances)
+                    updates = self._norm(updates, stacked, group["beta2"])
+                    torch._foreach_copy_(variances, list(stacked.unbind(0)))
                 torch._foreach_mul_(params, 1 - lr * wd)
                 scale = max(1.0, shape[0] / shape[1]) ** 0.5
                 torch._foreach_add_(params, list(updates.unbind(0)), alpha=-lr * scale)
@@ -69,7 +90,8 @@ def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) ->
     if head is not None:
         embeddings.add(id(head.weight))
     # the embeddings' (input and value embeddings) and the head's own rates (the head's wins where tied)
-    scales = {i: cfg.embedding_lr_scale for i in embeddings}
+    scales = {id(p): cfg.scalar_lr_scale for p in params if p.ndim < 2}  # biases, norms, the x0 skip's scalars
+    scales.update({i: cfg.embedding_lr_scale for i in embeddings})
     if head is not None:
         scales[id(head.weight)] = cfg.head_lr_scale
     adamw = dict(lr=peak_lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
@@ -87,7 +109,8 @@ def build_optimizers(model: torch.nn.Module, cfg: DictConfig, peak_lr: float) ->
         rest = [p for p in params if p.ndim != 2 or id(p) in embeddings]
         muon = StackedMuon(
             [{"params": hidden, "lr_scale": cfg.muon_lr_scale}],
-            lr=peak_lr * cfg.muon_lr_scale, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, compile=fused,
+            lr=peak_lr * cfg.muon_lr_scale, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay,
+            beta2=cfg.muon_beta2, compile=fused,
         )
         return [muon, torch.optim.AdamW(scaled(rest, 0.0), **adamw)]
     raise UserError(f"unknown optim.name {cfg.name!r}: use adamw or muon")

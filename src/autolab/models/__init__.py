@@ -42,6 +42,7 @@ def build_gpt(cfg, vocab_size: int) -> GPT:
             rope_theta=cfg.rope_theta,
             value_embeddings=cfg.value_embeddings,
             logit_softcap=cfg.logit_softcap,
+            x0_skip=cfg.x0_skip,
         )
     )
 

@@ -5,7 +5,9 @@ RMSNorm (Zhang & Sennrich 2019) before each sublayer and on queries/keys (QK-nor
 `scaled_dot_product_attention`, a ReLU² MLP (So et al. 2021, "Primer"), untied input and output
 embeddings. Optional, as in karpathy/autoresearch: value embeddings (ResFormer, Zhou et al. 2024) on
 every other layer, the last included: a token's own embedding added to its attention values through a
-gate per head, capacity that costs memory and no matmul; and a tanh soft cap on the logits (Gemma 2).
+gate per head, capacity that costs memory and no matmul; a tanh soft cap on the logits (Gemma 2); and
+an x0 skip (modded-nanogpt): each block's input is a_i * x + b_i * x0, with x0 the normed token
+embedding and a_i, b_i learned scalars (1 and 0.1 at the start).
 Because it is a `PreTrainedModel`, `save_pretrained`, `from_pretrained`, `AutoModelForCausalLM`
 (after `autolab.models` registers it) and `generate` all work.
 Training rows are packed documents: attention is causal only. An `attention_mask` with zeros (left
@@ -38,6 +40,7 @@ class GPTConfig(PretrainedConfig):
         rope_theta: float = 10000.0,
         value_embeddings: bool = False,
         logit_softcap: float = 0.0,
+        x0_skip: bool = False,
         **kwargs,
     ):
         if n_embd % n_head or (n_embd // n_head) % 2:
@@ -50,6 +53,7 @@ class GPTConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.value_embeddings = value_embeddings
         self.logit_softcap = logit_softcap  # 0: off
+        self.x0_skip = x0_skip
         super().__init__(**kwargs)
 
 
@@ -140,6 +144,10 @@ class GPT(PreTrainedModel, GenerationMixin):
         self.norm = RMSNorm()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.rotary = Rotary(config.n_embd // config.n_head, config.max_position_embeddings, config.rope_theta)
+        self.resid_scalars = self.x0_scalars = None
+        if config.x0_skip:  # 1-D: the optimiser runs them with AdamW at optim.scalar_lr_scale
+            self.resid_scalars = nn.Parameter(torch.ones(config.n_layer))
+            self.x0_scalars = nn.Parameter(torch.full((config.n_layer,), 0.1))
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -157,6 +165,10 @@ class GPT(PreTrainedModel, GenerationMixin):
                 nn.init.zeros_(module.weight)
         if isinstance(module, Rotary):
             module.reset()
+        if isinstance(module, GPT) and module.x0_scalars is not None:
+            with torch.no_grad():
+                module.resid_scalars.fill_(1.0)
+                module.x0_scalars.fill_(0.1)
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> dict:
         """No KV cache: `generate` would hand a cache-less model only the newest token, so every step
@@ -186,8 +198,12 @@ class GPT(PreTrainedModel, GenerationMixin):
         if T > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {T} tokens > max_position_embeddings")
         cos, sin = self.rotary.cos[:T], self.rotary.sin[:T]
-        x = self.wte(input_ids)
-        for block in self.blocks:
+        x = x0 = self.wte(input_ids)
+        if self.x0_scalars is not None:
+            x = x0 = rms_norm(x0)
+        for i, block in enumerate(self.blocks):
+            if self.x0_scalars is not None:
+                x = self.resid_scalars[i] * x + self.x0_scalars[i] * x0
             if self.gradient_checkpointing and self.training:  # activations recomputed in backward
                 x = self._gradient_checkpointing_func(block.__call__, x, input_ids, cos, sin, mask)
             else:

@@ -120,3 +120,15 @@ def test_normuon_resumes_exactly_from_its_state_dict(tmp_path):
     run(resumed, second, grads[2:])
     assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
     assert second.state[resumed[0]]["variance"].shape == (24, 1) and second.state[resumed[1]]["variance"].shape == (1, 24)
+
+
+def test_a_snapshot_from_before_normuon_resumes_as_plain_muon():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(8, 4))]
+    params[0].grad = torch.randn(8, 4)
+    old = StackedMuon(params, lr=0.02).state_dict()
+    del old["param_groups"][0]["beta2"]  # what StackedMuon saved before it had NorMuon
+    resumed = StackedMuon(params, lr=0.02, beta2=0.95)
+    resumed.load_state_dict(old)
+    resumed.step()
+    assert resumed.param_groups[0]["beta2"] == 0.0 and "variance" not in resumed.state[params[0]]

@@ -56,6 +56,11 @@ class StackedMuon(torch.optim.Optimizer):
         self._ns = torch.compile(newton_schulz, dynamic=False) if compile else newton_schulz
         self._norm = torch.compile(normalize_neurons, dynamic=False) if compile else normalize_neurons
 
+    def __setstate__(self, state: dict) -> None:  # load_state_dict passes through here
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("beta2", 0.0)  # a snapshot from before NorMuon: plain Muon, as it ran
+
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:

@@ -145,9 +145,9 @@ class GPT(PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.rotary = Rotary(config.n_embd // config.n_head, config.max_position_embeddings, config.rope_theta)
         self.resid_scalars = self.x0_scalars = None
-        if config.x0_skip:  # 1-D: the optimiser runs them with AdamW at optim.scalar_lr_scale
-            self.resid_scalars = nn.Parameter(torch.ones(config.n_layer))
-            self.x0_scalars = nn.Parameter(torch.full((config.n_layer,), 0.1))
+        if config.x0_skip:  # 1-D: the optimiser runs them with AdamW at optim.scalar_lr_scale; set in _init_weights
+            self.resid_scalars = nn.Parameter(torch.empty(config.n_layer))
+            self.x0_scalars = nn.Parameter(torch.empty(config.n_layer))
         self.gradient_checkpointing = False
         self.post_init()
 

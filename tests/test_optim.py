@@ -3,8 +3,17 @@ which parameter takes which rate."""
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from autolab.optim import StackedMuon
+from autolab.config import OptimConf
+from autolab.optim import StackedMuon, build_optimizers
+
+
+def muon_conf(embedding_lr_scale: float = 1.0, head_lr_scale: float = 1.0, scalar_lr_scale: float = 1.0):
+    """The muon optim group as the schema types it, with the given AdamW rates."""
+    return OmegaConf.structured(OptimConf(
+        name="muon", betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, muon_lr_scale=20.0, muon_momentum=0.95,
+        embedding_lr_scale=embedding_lr_scale, head_lr_scale=head_lr_scale, scalar_lr_scale=scalar_lr_scale))
 
 
 def test_stacked_muon_takes_torch_muons_steps():
@@ -28,17 +37,11 @@ def test_stacked_muon_takes_torch_muons_steps():
 
 
 def test_every_embedding_table_takes_the_embedding_rate_and_the_head_its_own():
-    from omegaconf import OmegaConf
-
-    from autolab.config import OptimConf
     from autolab.models import GPT, GPTConfig
-    from autolab.optim import build_optimizers
 
     model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, max_position_embeddings=16,
                           value_embeddings=True))
-    cfg = OmegaConf.structured(OptimConf(name="muon", betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, embedding_lr_scale=300.0,
-                                         head_lr_scale=4.0, muon_lr_scale=20.0, muon_momentum=0.95))
-    muon, adamw = build_optimizers(model, cfg, peak_lr=1e-3)
+    muon, adamw = build_optimizers(model, muon_conf(embedding_lr_scale=300.0, head_lr_scale=4.0), peak_lr=1e-3)
     rate = {id(p): g["lr_scale"] for g in adamw.param_groups for p in g["params"]}
     assert rate[id(model.wte.weight)] == rate[id(model.blocks[1].value_embedding.weight)] == 300.0
     assert rate[id(model.lm_head.weight)] == 4.0
@@ -72,18 +75,12 @@ def test_normuon_evens_each_neurons_step_and_keeps_muons_size():
 
 
 def test_the_x0_skips_scalars_take_the_scalar_rate_and_learn():
-    from omegaconf import OmegaConf
-
-    from autolab.config import OptimConf
     from autolab.models import GPT, GPTConfig
-    from autolab.optim import build_optimizers
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, max_position_embeddings=16, x0_skip=True))
     assert model.resid_scalars.tolist() == [1.0, 1.0] and model.x0_scalars.tolist() == pytest.approx([0.1, 0.1])
-    cfg = OmegaConf.structured(OptimConf(name="muon", betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, embedding_lr_scale=1.0,
-                                         head_lr_scale=1.0, scalar_lr_scale=40.0, muon_lr_scale=20.0, muon_momentum=0.95))
-    muon, adamw = build_optimizers(model, cfg, peak_lr=1e-3)
+    muon, adamw = build_optimizers(model, muon_conf(scalar_lr_scale=40.0), peak_lr=1e-3)
     rate = {id(p): g["lr_scale"] for g in adamw.param_groups for p in g["params"]}
     assert rate[id(model.x0_scalars)] == rate[id(model.resid_scalars)] == 40.0
     x = torch.randint(0, 64, (4, 16))

@@ -51,6 +51,8 @@ CONFIG_VALUES = [  # (overrides, what stderr says); each one problem, refused be
     (["optim.betas=[0.9,1.2]"], "optim.betas=[0.9, 1.2]: use two numbers in [0, 1)"),
     (["optim.eps=0"], "optim.eps=0.0: use a small positive number"),
     (["optim=muon", "optim.muon_beta2=1"], "optim.muon_beta2=1.0: use 0 (plain Muon) or a number below 1 for NorMuon"),
+    (["optim=muon", "optim.muon_coefficients=cubic"], "optim.muon_coefficients=cubic: use one of jordan, polar_express"),
+    (["optim=muon", "optim.muon_momentum_start=1.2"], "optim.muon_momentum_start=1.2: use null (no warmup) or a number in [0, 1)"),
     (["eval.batch_size=0"], "eval.batch_size=0: use 1 or more rows"),
     (["replay.ratio=1.5"], "replay.ratio=1.5: is outside [0, 1)"),
     (["stage=cpt"], "init_from=null: is missing: this stage continues from a model"),

@@ -60,6 +60,10 @@ class OptimConf:
     muon_lr_scale: Optional[float] = None  # muon only
     muon_momentum: Optional[float] = None
     muon_beta2: float = 0.0  # NorMuon's; 0: plain Muon
+    muon_coefficients: str = "jordan"  # the orthogonalising polynomials: jordan | polar_express
+    muon_momentum_start: Optional[float] = None  # momentum warmed up from this over muon_momentum_warmup steps
+    muon_momentum_warmup: int = 0
+    muon_cautious_wd: bool = False  # weight decay only where the update also shrinks the weight
 
 
 @dataclass
@@ -173,6 +177,7 @@ def register() -> None:
 
 
 OPTIMIZERS = ("adamw", "muon")
+MUON_COEFFICIENTS = ("jordan", "polar_express")  # autolab.optim.COEFFICIENTS' keys (that module loads torch)
 ATTENTION = ("auto", "flash", "cudnn", "efficient")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 REFERENCES = ("frozen", "precomputed", "none")
@@ -212,6 +217,10 @@ def _rules(c: DictConfig):
         yield "optim.muon_lr_scale", (o.muon_lr_scale or 0) > 0, "use a positive scale (20 is usual)"
         yield "optim.muon_momentum", o.muon_momentum is not None and 0 <= o.muon_momentum < 1, "use a number in [0, 1), e.g. 0.95"
         yield "optim.muon_beta2", 0 <= o.muon_beta2 < 1, "use 0 (plain Muon) or a number below 1 for NorMuon, e.g. 0.95"
+        yield "optim.muon_coefficients", o.muon_coefficients in MUON_COEFFICIENTS, f"use one of {', '.join(MUON_COEFFICIENTS)}"
+        yield "optim.muon_momentum_warmup", o.muon_momentum_warmup >= 0, "use 0 (off) or a number of steps, e.g. 300"
+        yield "optim.muon_momentum_start", o.muon_momentum_start is None or 0 <= o.muon_momentum_start < 1, \
+            "use null (no warmup) or a number in [0, 1), e.g. 0.85"
     yield "schedule.peak_lr", s.peak_lr > 0, "use a positive learning rate"
     yield "schedule.initial_lr", s.initial_lr >= 0, "use 0 or more"
     yield "schedule.warmup", 0 <= s.warmup <= 1, "is a fraction of the run: use a number in [0, 1]"

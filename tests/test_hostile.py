@@ -41,6 +41,7 @@ CONFIG_VALUES = [  # (overrides, what stderr says); each one problem, refused be
     (["schedule.min_lr_ratio=1.5"], "schedule.min_lr_ratio=1.5: is a fraction of peak_lr"),
     (["schedule.decay=step"], "schedule.decay=step: use one of cosine, linear"),
     (["model.logit_softcap=-1"], "model.logit_softcap=-1.0: use 0 (off) or a positive cap"),
+    (["model.head_init_std=-0.1"], "model.head_init_std=-0.1: use 0 (zeros) or a positive std"),
     (["trainer.max_steps=null", "trainer.time_budget=-5"], "trainer.time_budget=-5.0: use a positive number of seconds"),
     (["trainer.max_steps=0"], "trainer.max_steps=0: use 1 or more steps"),
     (["trainer.log_every=0"], "trainer.log_every=0: use 1 or more steps"),

@@ -111,6 +111,10 @@ def test_a_fresh_gpt_takes_the_init_it_states():
     for i in ves:
         assert 0.015 < model.blocks[i].value_embedding.weight.std() < 0.025
         assert not model.blocks[i].value_gate.weight.any()
+    assert 0.015 < model.lm_head.weight.std() < 0.025
+    small = GPT(GPTConfig(vocab_size=512, n_layer=1, n_head=2, n_embd=64, max_position_embeddings=64, head_init_std=1e-3))
+    assert 0.8e-3 < small.lm_head.weight.std() < 1.2e-3 and 0.015 < small.blocks[0].qkv.weight.std() < 0.025
+    assert not GPT(GPTConfig(vocab_size=512, n_layer=1, n_head=2, n_embd=64, head_init_std=0.0)).lm_head.weight.any()
 
 
 def test_value_embeddings_and_soft_cap_train_and_load_back(tmp_path, cache):

@@ -39,6 +39,7 @@ class ModelConf:
     value_embeddings: bool = False
     logit_softcap: float = 0.0
     x0_skip: bool = False
+    head_init_std: float = 0.02
 
 
 @dataclass
@@ -202,6 +203,7 @@ def _rules(c: DictConfig):
     yield "model.max_seq_len", m.max_seq_len >= 1, "use 1 or more positions"
     yield "model.rope_theta", m.rope_theta > 0, "use a positive base (10000 is usual)"
     yield "model.logit_softcap", m.logit_softcap >= 0, "use 0 (off) or a positive cap (15 is usual)"
+    yield "model.head_init_std", m.head_init_std >= 0, "use 0 (zeros) or a positive std (0.02 is usual)"
     yield "data.batch_size", d.batch_size >= 1, "use 1 or more rows a step"
     yield "data.seq_len", d.seq_len >= 1, "use 1 or more tokens a row"
     yield "data.seq_len", c.init_from or d.seq_len <= m.max_seq_len, \

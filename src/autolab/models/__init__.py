@@ -43,6 +43,7 @@ def build_gpt(cfg, vocab_size: int) -> GPT:
             value_embeddings=cfg.value_embeddings,
             logit_softcap=cfg.logit_softcap,
             x0_skip=cfg.x0_skip,
+            head_init_std=cfg.head_init_std,
         )
     )
 

@@ -41,6 +41,7 @@ class GPTConfig(PretrainedConfig):
         value_embeddings: bool = False,
         logit_softcap: float = 0.0,
         x0_skip: bool = False,
+        head_init_std: float = 0.02,
         **kwargs,
     ):
         if n_embd % n_head or (n_embd // n_head) % 2:
@@ -54,6 +55,7 @@ class GPTConfig(PretrainedConfig):
         self.value_embeddings = value_embeddings
         self.logit_softcap = logit_softcap  # 0: off
         self.x0_skip = x0_skip
+        self.head_init_std = head_init_std  # the output head's N(0, std) at the start; 0: zeros
         super().__init__(**kwargs)
 
 
@@ -143,6 +145,7 @@ class GPT(PreTrainedModel, GenerationMixin):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = RMSNorm()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.init_std = config.head_init_std
         self.rotary = Rotary(config.n_embd // config.n_head, config.max_position_embeddings, config.rope_theta)
         self.resid_scalars = self.x0_scalars = None
         if config.x0_skip:  # 1-D: the optimiser runs them with AdamW at optim.scalar_lr_scale; set in _init_weights

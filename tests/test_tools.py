@@ -44,7 +44,9 @@ def _hook_count(model) -> int:
 
 
 def test_the_last_layer_read_out_is_the_model_itself(tiny_llama):
-    for model in (trained_like_gpt(), AutoModelForCausalLM.from_pretrained(tiny_llama).eval()):
+    capped = trained_like_gpt()
+    capped.config.logit_softcap = 2.0  # the readouts take the model's soft cap too (the GPU default has one)
+    for model in (trained_like_gpt(), capped, AutoModelForCausalLM.from_pretrained(tiny_llama).eval()):
         ids = torch.randint(1, 100, (2, 9))
         names, logits, final = readouts(model, ids)
         assert len(names) == model.config.num_hidden_layers + 1  # the embeddings, then every layer

@@ -61,10 +61,13 @@ class Decoder:
     layers: list[str]  # each decoder layer, in order
     norm: nn.Module  # the final norm, applied before the unembedding
     unembed: nn.Module  # the output projection to the vocabulary
+    softcap: float = 0.0  # the model's tanh cap on its logits (ours, Gemma 2's); 0: none
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """A residual stream read out as the last layer's is: final norm, then unembedding."""
-        return self.unembed(self.norm(hidden))
+        """A residual stream read out as the last layer's is: final norm, unembedding, soft cap."""
+        from autolab.models.gpt import soft_cap
+
+        return soft_cap(self.unembed(self.norm(hidden)), self.softcap)
 
 
 def decoder(model: nn.Module) -> Decoder:
@@ -83,4 +86,6 @@ def decoder(model: nn.Module) -> Decoder:
         raise UserError(f"{type(model).__name__}: cannot find its decoder layers, final norm and unembedding "
                         "(the logit lens needs a decoder-only causal LM with `_no_split_modules` and a final norm)")
     layers = max(lists, key=len)
-    return Decoder(names[model.get_input_embeddings()], [names[m] for m in layers], norm, unembed)
+    config = getattr(model, "config", None)
+    softcap = getattr(config, "logit_softcap", None) or getattr(config, "final_logit_softcapping", None) or 0.0
+    return Decoder(names[model.get_input_embeddings()], [names[m] for m in layers], norm, unembed, softcap)

@@ -63,6 +63,11 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap) in float32 (Gemma 2's soft cap); cap 0: the logits as they are."""
+    return cap * torch.tanh(logits.float() / cap) if cap else logits
+
+
 class Rotary(nn.Module):
     """cos and sin of the rotary angles of every position, computed once into buffers that are not
     saved (transformers re-creates them through `_init_weights` on loading). Computing them inside
@@ -211,10 +216,7 @@ class GPT(PreTrainedModel, GenerationMixin):
                 x = self._gradient_checkpointing_func(block.__call__, x, input_ids, cos, sin, mask)
             else:
                 x = block(x, input_ids, cos, sin, mask)
-        logits = self.lm_head(self.norm(x))
-        if self.config.logit_softcap:
-            cap = self.config.logit_softcap
-            logits = cap * torch.tanh(logits.float() / cap)
+        logits = soft_cap(self.lm_head(self.norm(x)), self.config.logit_softcap)
         loss = None
         if labels is not None:
             loss = lm_loss(logits[:, :-1], labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1))

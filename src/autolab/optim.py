@@ -25,28 +25,28 @@ from omegaconf import DictConfig
 
 from autolab.errors import UserError
 
-# (a, b, c) of each quintic step x <- a x + b (x x^T) x + c (x x^T)^2 x; the last is repeated for more steps
+# name: (the factor the norm is inflated by, so singular values start below 1; (a, b, c) of each quintic
+# step x <- a x + b (x x^T) x + c (x x^T)^2 x, the last repeated for more steps)
 COEFFICIENTS = {
-    "jordan": ((3.4445, -4.7750, 2.0315),),  # torch.optim.Muon's (Keller Jordan's): one polynomial for all
-    "polar_express": (  # Amsel et al. 2025 (arXiv 2505.16932), for a norm inflated by 2% as below
+    "jordan": (1.0, ((3.4445, -4.7750, 2.0315),)),  # torch.optim.Muon's (Keller Jordan's): one polynomial for all
+    "polar_express": (1.02, (  # Amsel et al. 2025 (arXiv 2505.16932)
         (8.156554524902461, -22.48329292557795, 15.878769915207462),
         (4.042929935166739, -2.808917465908714, 0.5000178451051316),
         (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
         (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
         (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
-    ),
+    )),
 }
-NORM_SAFETY = {"jordan": 1.0, "polar_express": 1.02}  # singular values must start below 1
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, coefficients: str = "jordan") -> torch.Tensor:
     """Approximately orthogonalise each matrix of a stack [k, rows, cols], as torch.optim.Muon does one."""
-    polys = COEFFICIENTS[coefficients]
+    safety, polys = COEFFICIENTS[coefficients]
     x = g.bfloat16()
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) * NORM_SAFETY[coefficients]).clamp(min=eps)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) * safety).clamp(min=eps)
     for i in range(steps):  # the same fused products as torch's addmm chain, batched
         a, b, c = polys[min(i, len(polys) - 1)]
         gram = x @ x.mT

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from autolab.errors import UserError
+from autolab.objectives.lm import soft_cap
 
 FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "norm_f", "final_norm")  # Llama/Mistral/Qwen, GPT-2, OPT/Phi, ...
 
@@ -65,8 +66,6 @@ class Decoder:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """A residual stream read out as the last layer's is: final norm, unembedding, soft cap."""
-        from autolab.models.gpt import soft_cap
-
         return soft_cap(self.unembed(self.norm(hidden)), self.softcap)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from autolab.objectives import lm_loss
+from autolab.objectives.lm import lm_loss, soft_cap
 
 
 class GPTConfig(PretrainedConfig):
@@ -61,11 +61,6 @@ class GPTConfig(PretrainedConfig):
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
-
-
-def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
-    """cap * tanh(logits / cap) in float32 (Gemma 2's soft cap); cap 0: the logits as they are."""
-    return cap * torch.tanh(logits.float() / cap) if cap else logits
 
 
 class Rotary(nn.Module):

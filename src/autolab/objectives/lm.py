@@ -1,9 +1,15 @@
-"""Next-token cross-entropy, the pretraining and continued-pretraining objective."""
+"""Next-token cross-entropy, the pretraining and continued-pretraining objective, and the soft cap
+on the logits it is taken over (the model's, and the logit lens's readouts)."""
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -1
+
+
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap) in float32 (Gemma 2's soft cap); cap 0: the logits as they are."""
+    return cap * torch.tanh(logits.float() / cap) if cap else logits
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

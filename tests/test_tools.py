@@ -15,7 +15,7 @@ import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes
 from autolab import report
 from autolab.errors import UserError
 from autolab.hooks import decoder, record
-from autolab.judge import PreambleJudge, compare, parse_verdict, wilson
+from autolab.judge import PreambleJudge, compare, parse_verdict, summary, wilson
 from autolab.lens import readouts
 from autolab.prefgen import drop_reason, extract_answer
 from test_models import trained_like_gpt
@@ -162,6 +162,11 @@ def test_unparseable_replies_are_counted_and_judgments_already_made_are_kept(tmp
     assert [r["index"] for r in kept] == [0, 1, 2, 3]  # the first chunk survives the failure of the second
     result, _ = compare(PROMPTS[:4], A[:4], B[:4], FlakyJudge(), chunk=4)
     assert result["invalid"] == 2 and result["judged"] == 2  # "???" is invalid, never a guess
+
+    nothing, _ = compare(PROMPTS[:2], A[:2], B[:2], lambda items: [("invalid", "???")] * len(items))
+    block = report.parse_summary(summary({**nothing, "dropped_prompts": 0}, tmp_path))  # a judge that never answers
+    assert block["win_rate"] == block["position_consistency"] == "n/a" and block["invalid"] == "2"
+    assert block["win_interval"] == "[0.0000, 1.0000]" and block["output_dir"] == str(tmp_path)
 
 
 def test_judge_command_on_two_models(checkpoint, cache, tmp_path, tiny_llama):

@@ -33,6 +33,7 @@ from omegaconf import MISSING, OmegaConf
 from autolab.cli import device, hydra_tool, load_model, output_dir
 from autolab.errors import UserError
 from autolab.generation import Sampling, chat_prompt, generate
+from autolab.report import format_value
 
 VERDICTS = ("first", "second", "tie", "invalid")
 Judge = Callable[[list[tuple[str, str, str]]], list[tuple[str, str]]]
@@ -160,6 +161,16 @@ def compare(prompts: list[str], answers_a: list[str], answers_b: list[str], judg
     return tally(records), records
 
 
+def summary(result: dict, out: Path) -> str:
+    """The `---` block that closes the command's output; a rate with nothing judged reads n/a."""
+    lines = ["---"]
+    for key in ("win_rate", "tie_rate", "loss_rate", "position_consistency", "judged", "invalid", "dropped_prompts"):
+        value = result[key]
+        lines.append(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {format_value(value)}")
+    lines += [f"win_interval: [{result['win_low']:.4f}, {result['win_high']:.4f}]", f"output_dir: {out}"]
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: Path, title: str) -> None:
     """Win / tie / loss rates for `a` as bars with their 95% intervals."""
     import matplotlib
@@ -245,11 +256,7 @@ def main(cfg) -> dict:
     result.update(a=str(cfg.a), b=str(cfg.b), judge=str(cfg.judge), dropped_prompts=dropped)
     (out / "judge.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "judge.png", f"a={Path(str(cfg.a)).name} vs b={Path(str(cfg.b)).name}, judge={Path(str(cfg.judge)).name}")
-    print("---")
-    for key in ("win_rate", "tie_rate", "loss_rate", "position_consistency", "judged", "invalid", "dropped_prompts"):
-        value = result[key]
-        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    print(f"win_interval: [{result['win_low']:.4f}, {result['win_high']:.4f}]\noutput_dir: {out}")
+    print(summary(result, out))
     return result
 
 

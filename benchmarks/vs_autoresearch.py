@@ -5,6 +5,10 @@ for the same 300 s of training: val_bpb, tokens, passes over the data, MFU, peak
     python prepare.py --sources --new-tokenizer       # optional: our tokenizer trained on it too, as autoresearch's is
     python benchmarks/vs_autoresearch.py autolab --out autolab.json
     python benchmarks/vs_autoresearch.py autoresearch --repo .ar --out autoresearch.json
+    python benchmarks/vs_autoresearch.py autolab --seconds 5 --eval-bytes 20000 +experiment=quickstart \
+        model=gpt_50m data.batch_size=2 trainer.max_steps=2      # a CPU smoke run of this harness (~1 min)
+
+Every result names its GPU (`device`): compare rows of one kind only.
 
 `--repo` holds autoresearch's train.py and prepare.py as fetched (never committed here). It is run as
 its README says, with two changes its users make on machines without FA3: attention through
@@ -121,7 +125,8 @@ def run_autolab(args, env: dict) -> dict:
     train_tokens = sum(len(x) for x in prepare.load_tokens(prepare.SOURCES, "train", tok))
     same = same_text_bpb(Path(s["output_dir"]) / "checkpoint", args.eval_bytes)
     return {"val_bpb": float(s["val_bpb"]), **same, "tokens_M": float(s["total_tokens_M"]),
-            "passes": float(s["total_tokens_M"]) * 1e6 / train_tokens, "mfu_percent": float(s["mfu_percent"]),
+            "passes": float(s["total_tokens_M"]) * 1e6 / train_tokens,
+            "mfu_percent": None if s["mfu_percent"] == "n/a" else float(s["mfu_percent"]),  # n/a: a CPU smoke run
             "training_seconds": float(s["training_seconds"]), "num_steps": int(s["num_steps"]),
             "rss_mb": out["rss_mb"], "wall_s": out["wall_s"], "peak_vram_mb": float(s["peak_vram_mb"])}
 
@@ -184,7 +189,10 @@ def main() -> None:
     args, args.overrides = p.parse_known_args()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = run_autolab(args, env) if args.system == "autolab" else run_autoresearch(args, env)
-    result = {"system": args.system, "overrides": args.overrides, **result}
+    import torch  # which GPU: runs compare only on the same kind (an H100's table is no H200's)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result = {"system": args.system, "device": device, "torch": torch.__version__, "overrides": args.overrides, **result}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

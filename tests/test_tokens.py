@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -147,24 +146,42 @@ def test_startup_memory_is_flat_in_the_corpus_size(big_corpus, cache, tmp_path):
     assert rss["gen200"] < 1.2 * rss["gen20"]
 
 
+SMALL_SHARDS = "import prepare, sys; prepare.SHARD_BYTES = 500_000; sys.exit(prepare.main(sys.argv[1:]))"
+KILLED_MID_FLUSH = """
+import os, signal
+import pyarrow.parquet as pq
+write, written = pq.write_table, []
+
+def write_then_die(table, where, *args, **kwargs):  # kill -9 once the 8th shard file is written
+    write(table, where, *args, **kwargs)
+    written.append(where)
+    if len(written) == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+pq.write_table = write_then_die
+""" + SMALL_SHARDS
+
+
 def test_an_interrupted_prepare_continues_where_it_stopped(cache, tmp_path):
+    """A prepare killed in the middle of a flush (each flush writes a train and a val shard, each to a
+    .tmp file renamed into place, then its progress note): the 8th shard file is the 4th flush's val
+    shard, so three notes are on disk, the 4th train shard is in place after the last note and the
+    4th val shard is a stray .tmp. Run again, it drops both, continues after the noted documents and
+    ends with the same manifest as a run in one go. The kill is at a fixed point, not a race against
+    the clock (a 3 MB corpus once prepared faster than a poll could catch it)."""
     corpus = write_corpus(tmp_path / "c.jsonl", 3e6, doc_bytes=2000)
     env = {**os.environ, "AUTOLAB_CACHE": str(cache)}
-    cmd = [sys.executable, str(ROOT / "prepare.py"), "--dataset", str(corpus), "--name", "resumable"]
-    small_shards = "import prepare, sys; prepare.SHARD_BYTES = 500_000; sys.exit(prepare.main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", small_shards, *cmd[2:]], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    progress = prepare.data_dir("resumable").with_name("resumable.tmp") / "progress.json"
-    while proc.poll() is None and not (progress.exists() and json.loads(progress.read_text())["documents"] >= 500):
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    assert progress.exists(), "the first run finished before it could be interrupted"
-    done = json.loads(progress.read_text())["documents"]
-    r = subprocess.run([sys.executable, "-c", small_shards, *cmd[2:]], env=env, cwd=tmp_path, capture_output=True, text=True)
-    assert r.returncode == 0 and f"continuing after {done:,} documents" in r.stdout + r.stderr
+    args = ["--dataset", str(corpus), "--name", "resumable"]
+    r = subprocess.run([sys.executable, "-c", KILLED_MID_FLUSH, *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == -9, r.stdout[-2000:] + r.stderr[-2000:]
+    tmp = prepare.data_dir("resumable").with_name("resumable.tmp")
+    note = json.loads((tmp / "progress.json").read_text())
+    assert note["shards"] == {"train": 3, "val": 3} and note["documents"] >= 500
+    assert (tmp / "train-00003.parquet").exists() and (tmp / "val-00003.parquet.tmp").exists()  # after the last note
+    r = subprocess.run([sys.executable, "-c", SMALL_SHARDS, *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and f"continuing after {note['documents']:,} documents" in r.stdout + r.stderr
     resumed = prepare.manifest("resumable")
     shutil.rmtree(prepare.data_dir("resumable"))
-    r = subprocess.run([sys.executable, "-c", small_shards, *cmd[2:]], env=env, cwd=tmp_path, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", SMALL_SHARDS, *args], env=env, cwd=tmp_path, capture_output=True,
                        text=True)  # in one go, for comparison
     assert r.returncode == 0 and prepare.manifest("resumable")["splits"] == resumed["splits"]

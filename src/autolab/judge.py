@@ -166,7 +166,7 @@ def summary(result: dict, out: Path) -> str:
     lines = ["---"]
     for key in ("win_rate", "tie_rate", "loss_rate", "position_consistency", "judged", "invalid", "dropped_prompts"):
         value = result[key]
-        lines.append(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {format_value(value)}")
+        lines.append(f"{key}: " + (f"{value:.4f}" if isinstance(value, float) else format_value(value)))
     lines += [f"win_interval: [{result['win_low']:.4f}, {result['win_high']:.4f}]", f"output_dir: {out}"]
     return "\n".join(lines)
 

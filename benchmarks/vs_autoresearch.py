@@ -31,11 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from autolab.report import parse_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ("import json, resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[1:]); "
@@ -106,13 +107,7 @@ def measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
     text = log.read_text()
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{text[-3000:]}")
-    return {**json.loads(text.strip().splitlines()[-1]), "summary": summary(text)}
-
-
-def summary(text: str) -> dict:
-    """The `key: value` lines after the last `---` (both programs end with such a block)."""
-    block = text.rsplit("\n---\n", 1)[-1]
-    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
+    return {**json.loads(text.strip().splitlines()[-1]), "summary": parse_summary(text)}  # both programs end with a --- block
 
 
 def run_autolab(args, env: dict) -> dict:

@@ -93,9 +93,10 @@ def format_summary(metrics: dict) -> str:
 
 
 def parse_summary(text: str) -> dict[str, str]:
-    """The key: value lines after the last `---` line of a log (what an agent's grep sees)."""
+    """The key: value lines after the last `---` line of a log (what an agent's grep sees); values
+    padded into a column (`val_bpb:     0.54`, autoresearch's block) read without the padding."""
     block = text.rsplit("\n---\n", 1)[-1] if "\n---\n" in text else text.split("---\n", 1)[-1]
-    return dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+    return dict(map(str.strip, line.split(": ", 1)) for line in block.splitlines() if ": " in line)
 
 
 def git_state(cwd: Path | None = None) -> tuple[str, str]:

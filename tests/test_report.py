@@ -39,9 +39,14 @@ def test_sixteen_processes_append_without_losing_or_breaking_rows(tmp_path):
     assert seen == {f"w{w}-r{i}" for w in range(16) for i in range(25)}
 
 
-def test_ledger_keeps_an_older_header(tmp_path):
+def test_an_older_ledger_keeps_its_layout_and_gains_the_new_columns(tmp_path):
     path = tmp_path / "results.tsv"
     path.write_text("time\tstage\tval_bpb\n2020\told\t1.0\n")
-    report.append_row(path, {"stage": "pretrain", "val_bpb": 0.5, "status": "ok"})
+    report.append_row(path, {"stage": "pretrain", "val_bpb": 0.5, "status": "ok", "overrides": "seed=2"})
+    header = path.read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["time", "stage", "val_bpb"] and set(header) == set(report.LEDGER_COLUMNS)
     rows = report.read_ledger(path)
-    assert rows[0]["stage"] == "old" and rows[1] == {"time": rows[1]["time"], "stage": "pretrain", "val_bpb": "0.500000"}
+    assert rows[0]["stage"] == "old" and rows[0]["val_bpb"] == "1.0" and rows[0]["overrides"] == ""
+    assert rows[1]["stage"] == "pretrain" and rows[1]["val_bpb"] == "0.500000" and rows[1]["overrides"] == "seed=2"
+    report.append_row(path, {"stage": "again"})  # the header is extended once
+    assert path.read_text().splitlines()[0].split("\t") == header and len(report.read_ledger(path)) == 3

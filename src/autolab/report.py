@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 from pathlib import Path
 
 from filelock import FileLock
@@ -36,15 +35,20 @@ SUMMARY_KEYS = (  # printed in this order; more keys may follow
     "peak_vram_mb",
     "mfu_percent",
     "total_tokens_M",
+    "tokens_per_second",  # over the timed steps: what the time budget buys
     "num_steps",
     "num_params_M",
 )
 LEDGER_COLUMNS = (
     "time",
     "commit",
-    "dirty",
+    "dirty",  # the tree differed from the commit: its difference is code.patch in the output dir
+    "patch",  # code.patch's hash (autolab.provenance): rows with the same commit and patch ran the same code
     "stage",
     "experiment",
+    "overrides",  # the run's command-line overrides (description and ledger have their own columns)
+    "sweep",  # a multirun's sweep dir and this job's number in it
+    "job",
     *SUMMARY_KEYS,
     "tokenizer",  # the tokenizer's hash (prepare.tokenizer_hash): rows compare only under the same one
     "val_bpb_start",  # continued pretraining: before and after, on both domains
@@ -99,21 +103,6 @@ def parse_summary(text: str) -> dict[str, str]:
     return dict(map(str.strip, line.split(": ", 1)) for line in block.splitlines() if ": " in line)
 
 
-def git_state(cwd: Path | None = None) -> tuple[str, str]:
-    """(short commit, "dirty"/"clean") of the working tree, or ("none", "") outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, check=True,
-        ).stdout
-        return commit, "dirty" if status.strip() else "clean"
-    except (OSError, subprocess.CalledProcessError):
-        return "none", ""
-
-
 def job_identity() -> dict[str, str]:
     """This job's id in its scheduler and where its stdout/stderr go: a submitit job (SLURM or local)
     knows both; a plain sbatch script, its SLURM id; a run from a shell, nothing."""
@@ -134,7 +123,8 @@ def _cell(value, key: str) -> str:
 def append_row(path: Path | str, row: dict) -> None:
     """Append one row under an exclusive lock; write the header if the file is new or empty.
 
-    The columns are the existing header's (an older ledger keeps its layout), else LEDGER_COLUMNS.
+    The columns are LEDGER_COLUMNS; an older ledger keeps its layout, and a column it lacks is added at
+    its end (the file rewritten once, under the lock, its rows padded with empty cells).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +135,10 @@ def append_row(path: Path | str, row: dict) -> None:
         if path.exists() and path.stat().st_size > 0:
             with path.open(encoding="utf-8") as f:
                 columns = f.readline().rstrip("\n").split("\t")
+            missing = [c for c in LEDGER_COLUMNS if c not in columns]
+            if missing:
+                _add_columns(path, columns, missing)
+                columns += missing
         else:
             header = "\t".join(columns) + "\n"
         line = header + "\t".join(_cell(row.get(c, ""), c) for c in columns) + "\n"
@@ -153,6 +147,16 @@ def append_row(path: Path | str, row: dict) -> None:
             os.write(fd, line.encode("utf-8"))
         finally:
             os.close(fd)
+
+
+def _add_columns(path: Path, columns: list[str], missing: list[str]) -> None:
+    """Rewrite a ledger with `missing` columns at its end (written aside, then renamed into place)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    pad = "\t" * len(missing)
+    text = "\n".join(["\t".join(columns + missing), *(line + pad for line in lines[1:])]) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def read_ledger(path: Path | str) -> list[dict[str, str]]:

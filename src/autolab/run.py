@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import prepare
-from autolab import distributed, profiling, report, resume
+from autolab import distributed, profiling, provenance, report, resume
 from autolab.config import check
 from autolab.errors import DivergenceError, UserError, first_line
 from autolab.preemption import Interrupted, Preemption
@@ -46,7 +46,7 @@ def resolved_checkpoints(checkpoints: dict[str, str]) -> None:
 
 
 def main(cfg: DictConfig) -> int:
-    code = run(cfg, experiment=_experiment_name())
+    code = run(cfg, experiment=_experiment_name(), identity=_run_identity())
     if _CHAIN and distributed.env_rank() == 0:  # a pipeline: every stage it stands on, then this one
         _print_chain([*_CHAIN, (_experiment_name(), Path(cfg.get("resume") or cfg.output_dir))])
     if code == report.exit_code("interrupted") or (code and not _in_multirun()):  # a signal ends the process, sweep or not
@@ -65,23 +65,29 @@ def _print_chain(chain: list[tuple[str, Path]]) -> None:
         print(f"| {name} | {m.get('stage', '?')} | " + " | ".join(report.format_value(m.get(k), k) for k in keys) + " |")
 
 
-def run(cfg: DictConfig, experiment: str = "") -> int:
+def run(cfg: DictConfig, experiment: str = "", identity: dict | None = None) -> int:
+    """`identity`: what says which run this is in the ledger: its overrides (a list) and, in a
+    multirun, its sweep dir and job number (`_run_identity`)."""
     if distributed.env_rank() > 0:
         return _other_rank(cfg)
     t0 = time.time()
+    source = provenance.code_state()  # the code as this run starts: its commit and code.patch
     ledger = Path(cfg.ledger).resolve()
     out = Path(cfg.output_dir).resolve()
     metrics: dict = {key: None for key in report.SUMMARY_KEYS}
     logger, status, requeued = None, "crash", None
-    facts = {"stage": cfg.stage.name, "experiment": experiment, "started_at": t0}  # summary.json only, with the metrics
+    facts = {"stage": cfg.stage.name, "experiment": experiment, "overrides": [], **(identity or {}),  # summary.json and the row
+             "commit": source.commit, "dirty": source.dirty, "patch": source.patch_hash, "started_at": t0}
     with Preemption() as preemption:  # USR2 / SIGTERM: snapshot, then requeue or stop (preemption.py)
         try:
             if cfg.get("resume"):
                 cfg = _resumed_config(cfg)
                 out = Path(cfg.output_dir)
+                facts["overrides"] = _saved_overrides(out)  # the run's own, not `resume=`
             check(cfg)  # every value check, before anything is loaded or written
             world = distributed.world_of(cfg.trainer)
             out.mkdir(parents=True, exist_ok=True)
+            provenance.write_patch(source, out)
             with ExitStack() as ranks:  # the other ranks, when this one starts them: stopped on the way out
                 logger = _fit_and_evaluate(cfg, out, metrics, preemption, facts, world, ranks)
             status = "ok"
@@ -102,10 +108,9 @@ def run(cfg: DictConfig, experiment: str = "") -> int:
             distributed.finish()
             metrics["total_seconds"] = time.time() - t0
             metrics.update(status=status, output_dir=str(out))
-            commit, dirty = report.git_state()
             try:  # first: a requeued job has seconds before SLURM kills it
-                report.append_row(ledger, {**metrics, **facts, **report.job_identity(), "commit": commit,
-                                           "dirty": dirty, "description": cfg.description})
+                report.append_row(ledger, {**metrics, **facts, **report.job_identity(), "description": cfg.description,
+                                           "overrides": " ".join(facts["overrides"])})
             except OSError as e:
                 print(f"error: the ledger {ledger} could not take this run's row ({e.strerror})", file=sys.stderr)
             if out.exists() and status != "invalid":  # an invalid run trained nothing: it leaves a dir as it was
@@ -279,6 +284,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0,
         mfu_percent=_mean_mfu(budget, parts, peak),
         total_tokens_M=budget.steps * parts.per_step / 1e6 if parts.unit == "tokens" else None,
+        tokens_per_second=_tokens_per_second(budget, parts),
         num_params_M=n_params / 1e6,
     )
     for name, value in after.items():
@@ -369,7 +375,7 @@ def _experiment_checkpoint(source: str, cfg: DictConfig) -> str:
             print(f"init_from={source}: not cached yet, running `+experiment={name}` first -> {folder}", flush=True)
             with open_dict(base):
                 base.output_dir, base.ledger = str(folder), cfg.ledger
-            if run(base, experiment=name) != 0:
+            if run(base, experiment=name, identity={"overrides": [f"+experiment={name}", *inherited]}) != 0:
                 raise UserError(f"the starting experiment {name} failed: see its summary above ({folder})")
     if (name, folder) not in _CHAIN:
         _CHAIN.append((name, folder))
@@ -392,6 +398,14 @@ def _resumed_config(cfg: DictConfig) -> DictConfig:
     with open_dict(old):
         old.output_dir, old.resume, old.ledger = str(run_dir), str(run_dir), cfg.ledger
     return old
+
+
+def _tokens_per_second(budget, parts) -> float | None:
+    """Training tokens a second over the timed steps (what the time budget buys)."""
+    timed = budget.steps - budget.untimed_steps
+    if parts.unit != "tokens" or timed <= 0 or budget.training_seconds <= 0:
+        return None
+    return timed * parts.per_step / budget.training_seconds
 
 
 def _mean_mfu(budget, parts, peak: float | None) -> float | None:
@@ -430,6 +444,24 @@ def _finish_logger(logger, metrics: dict) -> None:
         wandb.run.summary.update({k: v for k, v in metrics.items() if v is not None})
         wandb.run.summary["status"] = metrics["status"]
         wandb.finish(exit_code=0 if metrics["status"] in ("ok", "requeued") else report.exit_code(metrics["status"]))
+
+
+def _run_identity() -> dict:
+    """This job's overrides as given (`description=` and `ledger=` have columns of their own) and, in a
+    multirun, its sweep dir and job number: what tells a wave's rows apart."""
+    from hydra.core.hydra_config import HydraConfig
+
+    identity = {"overrides": provenance.recorded(_task_overrides())}
+    if _in_multirun():
+        hc = HydraConfig.get()
+        identity.update(sweep=str(Path(hc.sweep.dir).resolve()), job=hc.job.num)
+    return identity
+
+
+def _saved_overrides(run_dir: Path) -> list[str]:
+    """The overrides a run dir was started with (Hydra's .hydra/overrides.yaml)."""
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    return provenance.recorded(list(OmegaConf.load(saved))) if saved.exists() else []
 
 
 def _task_overrides() -> list[str]:

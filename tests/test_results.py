@@ -144,9 +144,13 @@ def test_an_old_ledger_without_the_new_columns_still_reads(tmp_path, capsys):
     assert rows_shown(lines) == [1, 2] and lines[1].rstrip().endswith("baseline")
     assert view(capsys, ledger, "--noise")[0].endswith("runs cannot be grouped by config, so noise is not measured; "
                                                       "start a new ledger (ledger=...) to measure it")
-    run_dir(tmp_path / "a")
-    diff = "\n".join(results.diff_view(results.read(ledger), "1", "2"))
-    assert "no patch column" in diff and "Traceback" not in diff
+    a = run_dir(tmp_path / "a")
+    (a / ".hydra" / "overrides.yaml").write_text("- +experiment=quickstart\n- seed=3\n- description=baseline\n")
+    add(ledger, val_bpb=0.9, output_dir=str(a))
+    diff = results.diff_view(results.read(ledger), "1", "3")
+    assert "  #1: (not recorded)" in diff  # no output dir
+    assert "  #3: +experiment=quickstart seed=3  (from .hydra/overrides.yaml)" in diff
+    assert "#1: the ledger has no patch column (it predates code.patch): code not compared" in diff
 
 
 def test_diff_shows_changed_keys_and_code(tmp_path, capsys):

@@ -446,6 +446,23 @@ def _config(r: dict, tag: str, notes: list[str]) -> dict | None:
         return None
 
 
+def _overrides(r: dict) -> str:
+    """The row's overrides; a ledger older than that column: the run's .hydra/overrides.yaml (Hydra's own)."""
+    if "overrides" in r:
+        return r["overrides"] or "(none)"
+    path = Path(r.get("output_dir", "")) / ".hydra" / "overrides.yaml"
+    if not r.get("output_dir") or not path.is_file():
+        return "(not recorded)"
+    import yaml
+
+    try:
+        given = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except yaml.YAMLError:
+        return f"(not recorded; {path} is not YAML)"
+    kept = [str(o) for o in given if not str(o).lstrip("+~").startswith(("description=", "ledger="))]
+    return (" ".join(kept) or "(none)") + "  (from .hydra/overrides.yaml)"
+
+
 def _patch(r: dict, tag: str, columns: list[str], notes: list[str]) -> list[str] | None:
     """The lines of a row's code.patch ([] for a clean tree); None when it cannot be read."""
     if "patch" not in columns:
@@ -471,7 +488,7 @@ def diff_view(ledger: Ledger, a_ref: str, b_ref: str, limit: int = 200) -> list[
         out.append(f"  val_bpb {bpb(a):.4f} -> {bpb(b):.4f} ({bpb(b) - bpb(a):+.4f})")
     out.append("overrides:")
     for t, r in ((ta, a), (tb, b)):
-        out.append(f"  {t}: {r.get('overrides', '(not recorded)') or '(none)'}")
+        out.append(f"  {t}: {_overrides(r)}")
     notes: list[str] = []
     ca, cb = _config(a, ta, notes), _config(b, tb, notes)
     if ca is not None and cb is not None:

@@ -67,6 +67,7 @@ def test_table_is_narrow_numbered_and_filtered(tmp_path, capsys):
     assert rows_shown(view(capsys, ledger, "--stage", "cpt")) == [2, 4, 6]  # filters never renumber
     assert rows_shown(view(capsys, ledger, "--stage", "pretrain", "--status", "ok")) == [1, 3]
     assert rows_shown(view(capsys, ledger, "--since", "2026-12-04")) == [4, 5, 6]
+    assert rows_shown(view(capsys, ledger, "--since", "2026-12-05T09:00+00:00")) == [5, 6]  # a zone: ignored
     assert rows_shown(view(capsys, ledger, "--since", "5")) == [5, 6]
     assert rows_shown(view(capsys, ledger, "--status", "ok,crash", "-n", "2")) == [5, 6]
     assert rows_shown(view(capsys, ledger, "--experiment", "quick*", "--tokenizer", TOK[:4], "--stage", "dpo")) == []
@@ -142,6 +143,8 @@ def test_an_old_ledger_without_the_new_columns_still_reads(tmp_path, capsys):
     add(ledger, val_bpb=1.0, description="baseline")  # would look repeated, but its config is unknown
     lines = view(capsys, ledger)
     assert rows_shown(lines) == [1, 2] and lines[1].rstrip().endswith("baseline")
+    assert "pretrain/1a2b3c4d: best #1 1.0000; noise not measured: this ledger predates the overrides column " \
+           "(--noise)" in lines
     assert view(capsys, ledger, "--noise")[0].endswith("runs cannot be grouped by config, so noise is not measured; "
                                                       "start a new ledger (ledger=...) to measure it")
     a = run_dir(tmp_path / "a")
@@ -198,15 +201,18 @@ def test_row_ref_resolves_numbers_and_dirs_or_says_why(tmp_path):
     rows = results.read(ledger).rows
     assert results.row_ref(rows, "2")["val_bpb"] == "0.900000"
     assert results.row_ref(rows, "#2") is results.row_ref(rows, 2)
-    assert results.row_ref(rows, "-1")["row"] == 3
+    assert results.row_ref(rows, "-1")["row"] == 3 and results.row_ref(rows, "#-3")["row"] == 1
     assert results.row_ref(rows, str(out) + "/")["row"] == 3
     assert results.row_ref(report.read_ledger(ledger)[:3], "1")["status"] == "requeued"  # report's rows too
     with pytest.raises(UserError, match=r"no row 9 in the ledger \(it has rows 1-3\)"):
         results.row_ref(rows, "9")
     with pytest.raises(UserError, match=r"row 4 is malformed"):
         results.row_ref([*rows, {"row": 5}], "4")
-    with pytest.raises(UserError, match="neither a row number nor the output_dir of a row"):
-        results.row_ref(rows, str(tmp_path / "elsewhere"))
+    for bad in (str(tmp_path / "elsewhere"), "--3", "12b"):
+        with pytest.raises(UserError, match="neither a row number nor the output_dir of a row"):
+            results.row_ref(rows, bad)
+    with pytest.raises(UserError, match=r"row -4: the ledger has only 3 rows"):
+        results.row_ref(rows, "-4")
 
 
 def test_plot_writes_a_png(tmp_path, capsys):

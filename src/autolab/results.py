@@ -32,6 +32,8 @@ import datetime as dt
 import difflib
 import fnmatch
 import math
+import os
+import re
 import shlex
 import sys
 import textwrap
@@ -51,11 +53,6 @@ class Ledger:
     columns: list[str]
     rows: list[dict]  # the well-formed rows: {column: cell}, plus "row" (its position) and "_bpb" (val_bpb parsed)
     skipped: list[int] = field(default_factory=list)  # positions of malformed rows
-
-    @property
-    def last(self) -> int:
-        """The number of the last line (well-formed or not)."""
-        return max([0, *self.skipped, *(r["row"] for r in self.rows[-1:])])
 
 
 def number(text) -> float | None:
@@ -99,7 +96,7 @@ def row_ref(rows: list[dict], ref: str | int) -> dict:
     `report.read_ledger(path)` (numbered by position). A bad reference is a UserError saying why."""
     numbered = [(r.get("row", i + 1), r) for i, r in enumerate(rows)]
     text = str(ref).strip()
-    if text.lstrip("#-").isdigit() and not Path(text).exists():
+    if re.fullmatch(r"#?-?\d+", text) and not Path(text).exists():
         n = int(text.lstrip("#"))
         if n < 0:
             if -n > len(numbered):
@@ -258,7 +255,9 @@ def _since(text: str):
             t = dt.datetime.fromisoformat(r.get("time", ""))
         except ValueError:
             return False
-        return (t.replace(tzinfo=None) if start.tzinfo is None else t) >= start
+        if t.tzinfo is None or start.tzinfo is None:  # the ledger writes local time without a zone
+            return t.replace(tzinfo=None) >= start.replace(tzinfo=None)
+        return t >= start
     return keep
 
 
@@ -352,6 +351,8 @@ def _footer(ledger: Ledger, shown: list[dict], top: dict, spread: dict) -> list[
         if n is not None:
             out += _wrap(f"{name}; run-to-run std {n.std:.4f} ({n.runs} runs in {len(n.groups)} "
                          f"group{'s' * (len(n.groups) > 1)}: --noise); ~ if |vs best| < {n.threshold:.4f}")
+        elif "overrides" not in ledger.columns:
+            out.append(f"{name}; noise not measured: this ledger predates the overrides column (--noise)")
         else:
             out += _wrap(f"{name}; noise not measured (no config run twice): repeat the best at its commit "
                          f"{best.get('commit', '?')}, {_repeat_command(best, ledger.columns)}")
@@ -368,7 +369,7 @@ def _skipped(ledger: Ledger) -> str:
 
 def _repeat_command(r: dict, columns: list[str]) -> str:
     if "overrides" not in columns:
-        return "`python train.py <its overrides> seed=1,2,3 -m` (this ledger has no overrides column)"
+        return "`python train.py <its overrides> seed=1,2,3 -m` (this ledger predates the overrides column)"
     args = [shlex.quote(o) for o in without_seed(r.get("overrides", "")).split(" ") if o]
     return "`" + " ".join(["python train.py", *args, "seed=1,2,3", "-m"]) + "`"
 
@@ -634,8 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `| head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `| head` stopped reading: no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

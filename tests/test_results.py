@@ -65,6 +65,9 @@ def test_table_is_narrow_numbered_and_filtered(tmp_path, capsys):
     assert "+experiment" not in lines[1]  # the experiment has a column of its own
     assert "1.25M" in lines[1] and " 600 " in lines[1]
     assert rows_shown(view(capsys, ledger, "--stage", "cpt")) == [2, 4, 6]  # filters never renumber
+    wave = view(capsys, ledger, "--since", "5")  # what differs between rows is shown, what they share said once
+    assert "  schedule.peak_lr=4e-3 | a long line" in wave[1] and "model.n_embd" not in wave[1]
+    assert "overrides every row shown has (left out above): model.n_embd=512 optim.weight_decay=0.1" in wave
     assert rows_shown(view(capsys, ledger, "--stage", "pretrain", "--status", "ok")) == [1, 3]
     assert rows_shown(view(capsys, ledger, "--since", "2026-12-04")) == [4, 5, 6]
     assert rows_shown(view(capsys, ledger, "--since", "2026-12-05T09:00+00:00")) == [5, 6]  # a zone: ignored

@@ -292,12 +292,19 @@ def _rate(text) -> str:
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k" if v >= 1e3 else f"{v:.0f}"
 
 
-def _what(r: dict) -> str:
-    """What a run tried: its overrides (less the experiment, a column of its own), then its description."""
+def _what(r: dict, common: frozenset = frozenset()) -> str:
+    """What a run tried: its overrides (less the experiment, a column of its own, and those in `common`),
+    then its description."""
     overrides = " ".join(o for o in r.get("overrides", "").split(" ")
-                         if o and not o.lstrip("+~").startswith("experiment="))
+                         if o and o not in common and not o.lstrip("+~").startswith("experiment="))
     description = r.get("description", "")
     return " | ".join(t for t in (overrides, description) if t)
+
+
+def _common(rows: list[dict]) -> frozenset:
+    """The overrides every one of these rows has (two rows at least): the table names them once, below."""
+    given = [set(r["overrides"].split(" ")) - {""} for r in rows if r.get("overrides")]
+    return frozenset(set.intersection(*given)) if len(given) >= 2 and len(given) == len(rows) else frozenset()
 
 
 def _clip(text: str, width: int) -> str:
@@ -311,6 +318,7 @@ def _wrap(text: str) -> list[str]:
 def table(ledger: Ledger, shown: list[dict], selected: int) -> list[str]:
     top = bests(ledger.rows)
     spread = noise(groups(ledger.rows, ledger.columns))
+    common = _common(shown)
     cells = []
     for r in shown:
         d = vs_best(r, top)
@@ -320,7 +328,7 @@ def table(ledger: Ledger, shown: list[dict], selected: int) -> list[str]:
         cells.append([str(r["row"]), _short_time(r.get("time", "")), _clip(r.get("experiment", ""), 16),
                       "n/a" if v is None else f"{v:.4f}", "" if d is None else f"{d:+.4f}{mark}",
                       _rate(r.get("tokens_per_second")), r.get("num_steps", "").replace("n/a", ""),
-                      r.get("status", ""), _what(r)])
+                      r.get("status", ""), _what(r, common)])
     header = ["#", "time", "experiment", "val_bpb", "vs best", "tok/s", "steps", "status", "overrides | description"]
     widths = [max(len(header[i]), *(len(c[i]) for c in cells)) for i in range(len(header) - 1)]
     right = {0, 3, 4, 5, 6}
@@ -334,6 +342,10 @@ def table(ledger: Ledger, shown: list[dict], selected: int) -> list[str]:
     first, last = (shown[0]["row"], shown[-1]["row"]) if shown else (0, 0)
     more = f"; -n N or --all for more" if len(shown) < selected else ""
     out.append(f"shown: {len(shown)} of {selected} rows (#{first}-#{last}){more}")
+    shared = [o for o in shown[0].get("overrides", "").split(" ") if o in common
+              and not o.lstrip("+~").startswith("experiment=")] if shown else []
+    if shared:
+        out += _wrap("overrides every row shown has (left out above): " + " ".join(shared))
     out += _footer(ledger, [r for r in shown if _measured(r)], top, spread)
     return out
 
@@ -419,7 +431,8 @@ def noise_view(ledger: Ledger, selected: list[dict], last: int | None = None) ->
     if last and len(found) > last:
         out.append(f"the last {last} of {len(found)} groups (by first row); -n N or --all for more")
     for key, n in noise(found).items():
-        out.append(f"pooled {key[0]}/{key[1][:8]}: std {n.std:.4f} from {len(n.groups)} groups, {n.runs} runs; "
+        out.append(f"pooled {key[0]}/{key[1][:8]}: std {n.std:.4f} from {len(n.groups)} group{'s' * (len(n.groups) > 1)}, "
+                   f"{n.runs} runs; "
                    f"gaps under {n.threshold:.4f} ({NOISE_SIGMAS:g} std) are within noise")
     return out
 
@@ -533,6 +546,7 @@ def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
         if _measured(r):
             series.setdefault(comparable(r), []).append(r)
     failed = [r for r in selected if not _measured(r)]
+    common = _common(selected)
     fig, ax = plt.subplots(figsize=(12, 6), dpi=110)
     kept_total, tops, lows = 0, [], []
     for i, (key, rs) in enumerate(series.items()):
@@ -555,7 +569,7 @@ def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
         if n is not None:
             ax.fill_between(xs, ys, [y + n.threshold for y in ys], step="post", color=colour, alpha=0.12, zorder=1)
         for r in kept[-12:]:  # the latest improvements, labelled like autoresearch's progress plot
-            ax.annotate(_clip(_what(r) or r.get("experiment", ""), 40), (r["row"], bpb(r)), fontsize=7,
+            ax.annotate(_clip(_what(r, common) or r.get("experiment", ""), 32), (r["row"], bpb(r)), fontsize=7,
                         rotation=25, xytext=(4, 4), textcoords="offset points", color="dimgray")
         tops.append(bpb(kept[0]))
         lows.append(best)
@@ -571,6 +585,8 @@ def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
         ax.scatter([r["row"] for r in failed], [0.015] * len(failed), marker="x", s=18, color="crimson",
                    transform=blended_transform_factory(ax.transData, ax.transAxes), zorder=5,
                    label=f"not ok or no val_bpb: {len(failed)} run{'s' * (len(failed) != 1)}")
+    first, last = selected[0]["row"], selected[-1]["row"]
+    ax.set_xlim(first - 0.5 - (last - first) * 0.02, last + 0.5 + (last - first) * 0.06)  # the crosses too
     ax.set_xlabel("run (row of the ledger)")
     ax.set_ylabel("val_bpb (lower is better)")
     ax.set_title(f"{ledger.path.name}: {len(selected)} runs, {kept_total} kept improvements")

@@ -83,7 +83,8 @@ def write_ledger(path: Path, rows: int, seed: int = 0) -> None:
 
 def timed(args: list[str] | None, ledger: Path, repeat: int) -> tuple[list[float], list[float]]:
     """(wall seconds, CPU seconds) of each run: on a shared machine the CPU time is the steadier one."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]  # this checkout's code first
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     cmd = [sys.executable, "-c", "pass"] if args is None else [sys.executable, "-m", "autolab.results",
                                                                 "--ledger", str(ledger), *args]
     wall, cpu = [], []

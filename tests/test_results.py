@@ -94,7 +94,8 @@ def test_vs_best_compares_the_same_stage_and_tokenizer(tmp_path, capsys):
     assert "0.9000" in cells[3] and "+0." not in cells[3] and "-0." not in cells[3]  # alone in its tokenizer
     assert "n/a" in cells[4] and "crash" in cells[4]
     assert any(line.startswith("pretrain/1a2b3c4d: best #2 0.9500; noise not measured") for line in lines)
-    assert "at its commit 0000002, `python train.py +experiment=quickstart seed=1,2,3 -m`" in " ".join(" ".join(lines).split())
+    unwrapped = " ".join(" ".join(lines).split())
+    assert "at its commit 0000002, `python train.py +experiment=quickstart seed=1,2,3 -m`" in unwrapped
 
     best = view(capsys, ledger, "--best")
     assert best[0] == f"best of stage pretrain, tokenizer {TOK} (3 ok runs of 5):"
@@ -185,6 +186,9 @@ def test_diff_shows_changed_keys_and_code(tmp_path, capsys):
     assert "config: 0 keys differ" in same and "code: same code" in same
     other = view(capsys, ledger, "--diff", "2", "3")
     assert any(line.startswith("code: commit abc1234 -> fed9876 (`git diff abc1234 fed9876`") for line in other)
+    assert other[-1].startswith("-+lr = 3")  # #2's patch against #3's clean tree
+    add(ledger, val_bpb=0.9, output_dir=str(c), commit="0123abc")  # 5
+    assert view(capsys, ledger, "--diff", "3", "5")[-1] == "  none (both trees were clean)"
     missing = view(capsys, ledger, "--diff", "3", "4")  # its dir is gone: one line, no traceback
     assert f"#4: no config at {tmp_path / 'gone' / '.hydra' / 'config.yaml'}: config not compared" in missing
 
@@ -227,6 +231,8 @@ def test_plot_writes_a_png(tmp_path, capsys):
     png = tmp_path / "progress.png"
     lines = view(capsys, ledger, "--plot", str(png))
     assert lines == [f"plot: {png} (9 runs, 4 kept, 1 not ok)"]  # kept: 1.00, 0.98, 0.97; TOK2 its own 0.96
+    assert results.main(["--ledger", str(ledger), "--plot", str(tmp_path / "no" / "such" / "dir.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --plot {tmp_path / 'no' / 'such' / 'dir.png'}: cannot write it")
     import matplotlib.image
 
     image = matplotlib.image.imread(png)

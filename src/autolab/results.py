@@ -102,8 +102,8 @@ def row_ref(rows: list[dict], ref: str | int) -> dict:
             if -n > len(numbered):
                 raise UserError(f"row {n}: the ledger has only {len(numbered)} rows")
             return numbered[n][1]
-        for number_, r in numbered:
-            if number_ == n:
+        for k, r in numbered:
+            if k == n:
                 return r
         last = max((k for k, _ in numbered), default=0)
         why = f"it has rows 1-{last}" if n > last or n == 0 else f"row {n} is malformed (skipped)"
@@ -340,7 +340,7 @@ def table(ledger: Ledger, shown: list[dict], selected: int) -> list[str]:
 
     out = [line(header), *map(line, cells)]
     first, last = (shown[0]["row"], shown[-1]["row"]) if shown else (0, 0)
-    more = f"; -n N or --all for more" if len(shown) < selected else ""
+    more = "; -n N or --all for more" if len(shown) < selected else ""
     out.append(f"shown: {len(shown)} of {selected} rows (#{first}-#{last}){more}")
     shared = [o for o in shown[0].get("overrides", "").split(" ") if o in common
               and not o.lstrip("+~").startswith("experiment=")] if shown else []
@@ -406,7 +406,7 @@ def best_view(ledger: Ledger, selected: list[dict]) -> list[str]:
             out.append(f"  ahead_of_next: #{pair[1]['row']} by {gap:.4f} val_bpb")
         n = spread.get(key)
         if n is not None:
-            verdict = "" if len(pair) < 2 else "; its lead is within noise" if gap < n.threshold else "; its lead is beyond noise"
+            verdict = "" if len(pair) < 2 else f"; its lead is {'within' if gap < n.threshold else 'beyond'} noise"
             out.append(f"  noise: std {n.std:.4f} over {n.runs} repeated runs{verdict} "
                        f"(within noise: under {n.threshold:.4f})")
         else:
@@ -425,14 +425,15 @@ def noise_view(ledger: Ledger, selected: list[dict], last: int | None = None) ->
     out = [f"{'stage':<9} {'tokenizer':<9} {'n':>3} {'mean':>7} {'std':>7} {'range':>7}  rows / overrides"]
     for g in found[-last:] if last else found:
         rows = ",".join(str(r["row"]) for r in g.rows)
-        what = f"#{_clip(rows, 30)}  {g.key[4] or '(no overrides)'} @ {g.key[2]}{'+' + g.key[3][:8] if g.key[3] else ''}"
+        code = g.key[2] + (f"+{g.key[3][:8]}" if g.key[3] else "")  # commit + patch
+        what = f"#{_clip(rows, 30)}  {g.key[4] or '(no overrides)'} @ {code}"
         out.append(_clip(f"{g.key[0]:<9} {g.key[1][:9]:<9} {len(g.rows):>3} {g.mean:>7.4f} {g.std:>7.4f} "
                          f"{g.range:>7.4f}  {what}", WIDTH))
     if last and len(found) > last:
         out.append(f"the last {last} of {len(found)} groups (by first row); -n N or --all for more")
     for key, n in noise(found).items():
-        out.append(f"pooled {key[0]}/{key[1][:8]}: std {n.std:.4f} from {len(n.groups)} group{'s' * (len(n.groups) > 1)}, "
-                   f"{n.runs} runs; "
+        out.append(f"pooled {key[0]}/{key[1][:8]}: std {n.std:.4f} from {len(n.groups)} "
+                   f"group{'s' * (len(n.groups) > 1)}, {n.runs} runs; "
                    f"gaps under {n.threshold:.4f} ({NOISE_SIGMAS:g} std) are within noise")
     return out
 
@@ -520,7 +521,8 @@ def diff_view(ledger: Ledger, a_ref: str, b_ref: str, limit: int = 200) -> list[
     if pa is not None and pb is not None:
         lines = list(difflib.unified_diff(pa, pb, f"{ta} code.patch", f"{tb} code.patch"))
         if not lines:
-            out.append("  same patch" if commits[0] != commits[1] else "code: same code")
+            same = "  none (both trees were clean)" if not pa else "  the same patch"
+            out.append(same if commits[0] != commits[1] else "code: same code")
         else:
             if commits[0] == commits[1]:
                 out.append(f"code: same commit {commits[0]}; the diff of their code.patch files:")
@@ -579,8 +581,8 @@ def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
         above = sum(bpb(r) > high + pad for rs in series.values() for r in rs)
         ax.set_ylim(low - pad, high + pad * 3)
         if above:
-            ax.text(0.99, 0.99, f"{above} run{'s' * (above != 1)} above the frame", transform=ax.transAxes, ha="right", va="top",
-                    fontsize=8, color="dimgray")
+            ax.text(0.99, 0.99, f"{above} run{'s' * (above != 1)} above the frame", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=8, color="dimgray")
     if failed:
         ax.scatter([r["row"] for r in failed], [0.015] * len(failed), marker="x", s=18, color="crimson",
                    transform=blended_transform_factory(ax.transData, ax.transAxes), zorder=5,
@@ -593,8 +595,13 @@ def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8, loc="upper right" if not failed else "best")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as e:  # no such folder, no permission, an extension matplotlib cannot write
+        raise UserError(f"--plot {path}: cannot write it ({str(e).splitlines()[0]}); give a .png path "
+                        "in a folder you can write") from None
+    finally:
+        plt.close(fig)
     return f"plot: {path} ({len(selected)} runs, {kept_total} kept, {len(failed)} not ok)"
 
 

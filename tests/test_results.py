@@ -18,9 +18,13 @@ NEW_COLUMNS = ("patch", "overrides", "sweep", "job", "tokens_per_second")
 TOK, TOK2 = "1a2b3c4d5e6f", "9f8e7d6c5b4a"
 
 
+def every_column() -> list[str]:
+    return [*report.LEDGER_COLUMNS, *(c for c in NEW_COLUMNS if c not in report.LEDGER_COLUMNS)]
+
+
 def new_ledger(path, columns=None):
     """An empty ledger whose header has the issue-27 columns (append_row keeps an existing header)."""
-    columns = columns or [*report.LEDGER_COLUMNS, *(c for c in NEW_COLUMNS if c not in report.LEDGER_COLUMNS)]
+    columns = columns or every_column()
     path.write_text("\t".join(columns) + "\n")
     return path
 
@@ -117,7 +121,7 @@ def test_noise_groups_repeats_and_marks_gaps_within_it(tmp_path, capsys):
     add(ledger, val_bpb=0.91, commit="def5678", status="crash")                # 8: not ok
     add(ledger, val_bpb=0.88, commit="def5678", tokenizer=TOK2)                # 9: another tokenizer
 
-    found = results.groups(results.read(ledger).rows, results.read(ledger).columns)
+    found = results.groups(results.read(ledger).rows)
     assert [[r["row"] for r in g.rows] for g in found] == [[1, 2, 3], [4, 5]]
     assert found[0].mean == pytest.approx(1.02) and found[0].std == pytest.approx(0.02)
     assert found[0].range == pytest.approx(0.04) and found[1].std == pytest.approx(0.04 / math.sqrt(2))
@@ -140,24 +144,39 @@ def test_noise_groups_repeats_and_marks_gaps_within_it(tmp_path, capsys):
     assert any("its lead is within noise" in line for line in view(capsys, ledger, "--best"))
 
 
-def test_an_old_ledger_without_the_new_columns_still_reads(tmp_path, capsys):
+def test_rows_from_before_the_new_columns_still_read(tmp_path, capsys):
     old = [c for c in report.LEDGER_COLUMNS if c not in NEW_COLUMNS]
-    ledger = new_ledger(tmp_path / "results.tsv", old)
-    add(ledger, val_bpb=1.0, description="baseline")
-    add(ledger, val_bpb=1.0, description="baseline")  # would look repeated, but its config is unknown
+    base = {"commit": "abc1234", "dirty": "clean", "stage": "pretrain", "experiment": "quickstart",
+            "val_bpb": "1.000000", "tokenizer": TOK, "status": "ok", "num_steps": "600", "description": "baseline"}
+    a = run_dir(tmp_path / "a")
+    (a / ".hydra" / "overrides.yaml").write_text("- +experiment=quickstart\n- seed=3\n- description=baseline\n")
+    rows = [base, base, {**base, "dirty": "dirty", "output_dir": str(a), "val_bpb": "0.900000"}]
+    text = "\n".join("\t".join(r.get(c, "") for c in old) for r in [dict(zip(old, old)), *rows]) + "\n"
+    ledger = tmp_path / "results.tsv"
+    ledger.write_text(text)  # an old ledger: no overrides, patch, tokens_per_second columns
     lines = view(capsys, ledger)
-    assert rows_shown(lines) == [1, 2] and lines[1].rstrip().endswith("baseline")
-    assert "pretrain/1a2b3c4d: best #1 1.0000; noise not measured: this ledger predates the overrides column " \
+    assert rows_shown(lines) == [1, 2, 3] and lines[1].rstrip().endswith("baseline")
+    assert "pretrain/1a2b3c4d: best #3 0.9000; noise not measured: this ledger predates the overrides column " \
            "(--noise)" in lines
     assert view(capsys, ledger, "--noise")[0].endswith("runs cannot be grouped by config, so noise is not measured; "
                                                       "start a new ledger (ledger=...) to measure it")
-    a = run_dir(tmp_path / "a")
-    (a / ".hydra" / "overrides.yaml").write_text("- +experiment=quickstart\n- seed=3\n- description=baseline\n")
-    add(ledger, val_bpb=0.9, output_dir=str(a))
-    diff = results.diff_view(results.read(ledger), "1", "3")
+    diff = view(capsys, ledger, "--diff", "1", "3")
     assert "  #1: (not recorded)" in diff  # no output dir
     assert "  #3: +experiment=quickstart seed=3  (from .hydra/overrides.yaml)" in diff
-    assert "#1: the ledger has no patch column (it predates code.patch): code not compared" in diff
+    assert "#3: its tree was dirty and the row predates code.patch: code not compared" in diff
+    assert view(capsys, ledger, "--diff", "1", "2")[-1] == "code: same code"  # clean, same commit
+
+    # the same rows once a newer run has appended to the ledger: the new columns added, their cells empty
+    new = [c for c in every_column() if c not in old]
+    lines = text.splitlines()
+    padded = [lines[0] + "\t" + "\t".join(new), *(line + "\t" * len(new) for line in lines[1:])]
+    ledger.write_text("\n".join(padded) + "\n")
+    add(ledger, val_bpb=0.95)
+    assert results.groups(results.read(ledger).rows) == []  # 1 and 2 stay unknown
+    padded = view(capsys, ledger)
+    assert rows_shown(padded) == [1, 2, 3, 4] and "noise not measured (no config run twice)" in " ".join(padded)
+    assert "  #3: +experiment=quickstart seed=3  (from .hydra/overrides.yaml)" in \
+        view(capsys, ledger, "--diff", "1", "3")
 
 
 def test_diff_shows_changed_keys_and_code(tmp_path, capsys):

@@ -18,8 +18,9 @@ Terms, used by every view:
   choose the rows shown, not what they are compared with): positive, behind the best by that much;
   negative, the best, ahead of the runner-up by that much.
 - Noise: runs of the same code and config (same commit, code.patch, overrides except `seed=`, stage
-  and tokenizer; status ok) form a group. Groups of two or more give the run-to-run std of val_bpb
-  (sample std), pooled over the groups of a stage and tokenizer. A `vs best` smaller in size than
+  and tokenizer; status ok; never rows from before the overrides and patch columns) form a group.
+  Groups of two or more give the run-to-run std of val_bpb (sample std), pooled over the groups of a
+  stage and tokenizer. A `vs best` smaller in size than
   twice that std is marked `~` (within noise: the row and the best cannot be told apart).
 - Malformed rows (a wrong number of cells, a val_bpb that is not a number, a line of another tool)
   are skipped and counted, never fatal.
@@ -144,15 +145,24 @@ def without_seed(overrides: str) -> str:
     return " ".join(o for o in overrides.split(" ") if o and not o.lstrip("+~").startswith("seed="))
 
 
-def group_key(r: dict, columns: list[str]) -> tuple | None:
-    """What makes runs repeats of one another (None: this row cannot be grouped). A ledger without
-    the `overrides` column cannot tell configs apart, so none of its rows group; a dirty tree needs
-    the `patch` column to tell its code."""
-    if not _measured(r) or "overrides" not in columns or r.get("commit", "none") in ("", "none"):
+def recorded(r: dict) -> bool:
+    """Whether the row says which config ran: rows from before the `overrides` column do not, in a
+    ledger that lacks it or one a newer run padded with empty cells (report.append_row adds missing
+    columns; such a row's tokens_per_second is empty too, where a newer row has at least n/a)."""
+    return r.get("overrides", "n/a") != "n/a" and r.get("tokens_per_second", "") != ""
+
+
+def code_known(r: dict) -> bool:
+    """Whether the row says which code ran: its commit, and a dirty tree's code.patch hash."""
+    return r.get("commit", "none") not in ("", "none") and (r.get("dirty") != "dirty" or bool(r.get("patch")))
+
+
+def group_key(r: dict) -> tuple | None:
+    """What makes runs repeats of one another (None: this row cannot be grouped: not ok, or its config
+    or code is not recorded)."""
+    if not _measured(r) or not recorded(r) or not code_known(r):
         return None
-    if r.get("dirty") == "dirty" and "patch" not in columns:
-        return None
-    return (*comparable(r), r["commit"], r.get("patch", ""), without_seed(r.get("overrides", "")))
+    return (*comparable(r), r["commit"], r.get("patch", ""), without_seed(r["overrides"]))
 
 
 @dataclass
@@ -193,11 +203,11 @@ class Noise:
         return NOISE_SIGMAS * self.std
 
 
-def groups(rows: list[dict], columns: list[str]) -> list[Group]:
+def groups(rows: list[dict]) -> list[Group]:
     """Groups of two or more repeated runs, in the order of their first row."""
     by_key: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = group_key(r, columns)
+        key = group_key(r)
         if key is not None:
             by_key.setdefault(key, []).append(r)
     return [Group(k, rs) for k, rs in by_key.items() if len(rs) >= 2]
@@ -317,7 +327,7 @@ def _wrap(text: str) -> list[str]:
 
 def table(ledger: Ledger, shown: list[dict], selected: int) -> list[str]:
     top = bests(ledger.rows)
-    spread = noise(groups(ledger.rows, ledger.columns))
+    spread = noise(groups(ledger.rows))
     common = _common(shown)
     cells = []
     for r in shown:
@@ -388,7 +398,7 @@ def _repeat_command(r: dict, columns: list[str]) -> str:
 
 def best_view(ledger: Ledger, selected: list[dict]) -> list[str]:
     top = bests(selected)
-    spread = noise(groups(ledger.rows, ledger.columns))
+    spread = noise(groups(ledger.rows))
     if not top:
         return ["no ok run with a val_bpb among the selected rows"]
     out = []
@@ -415,7 +425,7 @@ def best_view(ledger: Ledger, selected: list[dict]) -> list[str]:
 
 
 def noise_view(ledger: Ledger, selected: list[dict], last: int | None = None) -> list[str]:
-    found = groups(selected, ledger.columns)
+    found = groups(selected)
     if "overrides" not in ledger.columns:
         return [f"{ledger.path} has no overrides column (it predates it): runs cannot be grouped by "
                 "config, so noise is not measured; start a new ledger (ledger=...) to measure it"]
@@ -463,7 +473,7 @@ def _config(r: dict, tag: str, notes: list[str]) -> dict | None:
 
 def _overrides(r: dict) -> str:
     """The row's overrides; a ledger older than that column: the run's .hydra/overrides.yaml (Hydra's own)."""
-    if "overrides" in r:
+    if recorded(r):
         return r["overrides"] or "(none)"
     path = Path(r.get("output_dir", "")) / ".hydra" / "overrides.yaml"
     if not r.get("output_dir") or not path.is_file():
@@ -478,10 +488,10 @@ def _overrides(r: dict) -> str:
     return (" ".join(kept) or "(none)") + "  (from .hydra/overrides.yaml)"
 
 
-def _patch(r: dict, tag: str, columns: list[str], notes: list[str]) -> list[str] | None:
+def _patch(r: dict, tag: str, notes: list[str]) -> list[str] | None:
     """The lines of a row's code.patch ([] for a clean tree); None when it cannot be read."""
-    if "patch" not in columns:
-        notes.append(f"{tag}: the ledger has no patch column (it predates code.patch): code not compared")
+    if r.get("dirty") == "dirty" and not r.get("patch"):
+        notes.append(f"{tag}: its tree was dirty and the row predates code.patch: code not compared")
         return None
     path = Path(r.get("output_dir", "")) / "code.patch"
     if not r.get("patch"):
@@ -512,7 +522,7 @@ def diff_view(ledger: Ledger, a_ref: str, b_ref: str, limit: int = 200) -> list[
         for k in changed:
             old, new = (repr(c[k]) if k in c else "(absent)" for c in (ca, cb))
             out.append(f"  {k}: {old} -> {new}")
-    pa, pb = _patch(a, ta, ledger.columns, notes), _patch(b, tb, ledger.columns, notes)
+    pa, pb = _patch(a, ta, notes), _patch(b, tb, notes)
     out += notes
     commits = (a.get("commit", "?"), b.get("commit", "?"))
     if commits[0] != commits[1]:
@@ -542,7 +552,7 @@ def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.transforms import blended_transform_factory
 
-    spread = noise(groups(ledger.rows, ledger.columns))
+    spread = noise(groups(ledger.rows))
     series: dict[tuple, list[dict]] = {}
     for r in selected:
         if _measured(r):

@@ -26,10 +26,15 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def env_for(repo: Path, cache: Path) -> dict:
-    """The environment of a process run in `repo`: its own code imported, not the installed checkout's."""
+def env_for(repo: Path, cache: Path, home: Path | None = None) -> dict:
+    """The environment of a process run in `repo`: its own code imported, not the installed checkout's,
+    and this interpreter as `python`; `home`: a HOME of its own (no global git identity there)."""
     env = {**os.environ, "AUTOLAB_CACHE": str(cache), "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)])}
+           "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)]),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    if home is not None:
+        home.mkdir(parents=True, exist_ok=True)
+        env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", XDG_CONFIG_HOME=str(home / ".config"))
     env.pop("WANDB_MODE", None)
     return env
 

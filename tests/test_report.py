@@ -46,7 +46,7 @@ def test_an_older_ledger_keeps_its_layout_and_gains_the_new_columns(tmp_path):
     header = path.read_text().splitlines()[0].split("\t")
     assert header[:3] == ["time", "stage", "val_bpb"] and set(header) == set(report.LEDGER_COLUMNS)
     rows = report.read_ledger(path)
-    assert rows[0]["stage"] == "old" and rows[0]["val_bpb"] == "1.0" and rows[0]["overrides"] == ""
+    assert rows[0]["stage"] == "old" and rows[0]["val_bpb"] == "1.0" and rows[0]["overrides"] == "n/a"
     assert rows[1]["stage"] == "pretrain" and rows[1]["val_bpb"] == "0.500000" and rows[1]["overrides"] == "seed=2"
     report.append_row(path, {"stage": "again"})  # the header is extended once
     assert path.read_text().splitlines()[0].split("\t") == header and len(report.read_ledger(path)) == 3

@@ -55,7 +55,7 @@ def test_a_discarded_dirty_run_reruns_to_the_same_config_and_val_bpb(tmp_path, c
     assert len(git(repo, "worktree", "list").splitlines()) == 1
     assert not (repo / "conf/experiment/mine.yaml").exists()
 
-    for ref, says in (("7", "has rows 1-2"), (str(tmp_path), "no summary.json")):
+    for ref, says in (("7", "has rows 1-2"), (str(tmp_path), "neither a row number")):
         bad = run_in(repo, cache, ["-m", "autolab.rerun", ref])
         assert bad.returncode == 2 and bad.stderr.startswith("error:") and says in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1

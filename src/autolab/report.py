@@ -150,9 +150,10 @@ def append_row(path: Path | str, row: dict) -> None:
 
 
 def _add_columns(path: Path, columns: list[str], missing: list[str]) -> None:
-    """Rewrite a ledger with `missing` columns at its end (written aside, then renamed into place)."""
+    """Rewrite a ledger with `missing` columns at its end (written aside, then renamed into place); its
+    rows read `n/a` there: not recorded, which is not the same as empty (no overrides, a clean tree)."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    pad = "\t" * len(missing)
+    pad = "\tn/a" * len(missing)
     text = "\n".join(["\t".join(columns + missing), *(line + pad for line in lines[1:])]) + "\n"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -25,23 +25,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from autolab import provenance, report
+from autolab import provenance, report, results
 from autolab.errors import UserError
 
 IGNORED_KEYS = ("output_dir", "ledger", "description", "resume")  # differ between a run and its rerun by design
 
 
 def source_of(ref: str, ledger: Path) -> tuple[Path, dict]:
-    """(output dir, its summary.json) of a row number of `ledger` or an output dir."""
-    if ref.isdigit():
-        rows = report.read_ledger(ledger)
-        if not rows:
-            raise UserError(f"{ledger}: no rows (give --ledger, or an output dir)")
-        if not 1 <= int(ref) <= len(rows):
-            raise UserError(f"row {ref}: {ledger} has rows 1-{len(rows)}")
-        out = Path(rows[int(ref) - 1].get("output_dir", ""))
-    else:
-        out = Path(ref)
+    """(output dir, its summary.json) of a row of `ledger` (as `python -m autolab.results` numbers them)
+    or of a run's output dir."""
+    out = Path(ref).expanduser()
+    if not (out / "summary.json").is_file():
+        if not ledger.is_file():
+            raise UserError(f"{ledger} not found: give --ledger, or a run's output dir")
+        out = Path(results.row_ref(report.read_ledger(ledger), ref).get("output_dir", ""))
     summary = out / "summary.json"
     if not summary.exists():
         raise UserError(f"{out}: no summary.json there (a run that never started, or not a train.py output dir)")
@@ -81,7 +78,7 @@ def compared(original: Path, rerun: Path) -> str:
     def config(folder: Path) -> dict:
         path = folder / ".hydra" / "config.yaml"
         c = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
-        return {k: v for k, v in _flat(c).items() if k not in IGNORED_KEYS}
+        return {k: v for k, v in results.flat(c).items() if k not in IGNORED_KEYS}
 
     def val(folder: Path):
         path = folder / "summary.json"
@@ -93,17 +90,6 @@ def compared(original: Path, rerun: Path) -> str:
     va, vb = val(original), val(rerun)
     return (f"rerun: {same}; val_bpb {report.format_value(va, 'val_bpb')} -> {report.format_value(vb, 'val_bpb')}"
             + (" (identical)" if va is not None and va == vb else ""))
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}"""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         original, facts = source_of(args.ref, ledger)
         out = Path(args.out or f"outputs/rerun-{dt.datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
         overrides = [*facts.get("overrides", []), *args.overrides]
-        what = f"row {args.ref}" if args.ref.isdigit() else str(original)
+        what = str(original) if Path(args.ref).is_dir() else f"row {args.ref}"
         cmd = [sys.executable, "train.py", *overrides, f"hydra.run.dir={out}", f"ledger={ledger}",
                f'description="rerun of {what}"']  # Hydra's quotes: the value may hold colons and slashes
         print(f"rerun: commit {facts['commit']}" + (f" + code.patch {facts['patch']}" if facts.get("patch") else "")

@@ -448,11 +448,12 @@ def noise_view(ledger: Ledger, selected: list[dict], last: int | None = None) ->
     return out
 
 
-def _flat(tree, prefix: str = "") -> dict:
+def flat(tree, prefix: str = "") -> dict:
+    """A nested config as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
     if isinstance(tree, dict):
         out = {}
         for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}."))
         return out if out or not prefix else {prefix[:-1]: {}}
     return {prefix[:-1]: tree}
 
@@ -465,7 +466,7 @@ def _config(r: dict, tag: str, notes: list[str]) -> dict | None:
     import yaml
 
     try:
-        return _flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        return flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     except yaml.YAMLError as e:
         notes.append(f"{tag}: {path} is not YAML ({str(e).splitlines()[0]}): config not compared")
         return None

@@ -94,9 +94,16 @@ def _plot(table: list[dict], params: list[str], x: str, y: str, path: Path, xlab
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     style = "o-" if len(params) == 1 else "o"  # a line along one swept key; points for a search of several
     ax.plot([p[0] for p in points], [p[1] for p in points], style, color="tab:blue")
-    for px, py, t in points:
-        ax.annotate(", ".join(f"{p}={_short(t[p])}" for p in params), (px, py), textcoords="offset points",
-                    xytext=(6, 6), fontsize=9)
+    xs = [p[0] for p in points]
+    middle = (min(xs) + max(xs)) / 2
+    if min(xs) > 0 and max(xs) >= 10 * min(xs):  # a rate searched on a log scale
+        ax.set_xscale("log")
+        middle = (min(xs) * max(xs)) ** 0.5
+    for px, py, t in points:  # each point names its job's values; a label leans away from the edge it is near
+        label = ax.annotate(", ".join(f"{p}={_short(t[p])}" for p in params), (px, py), textcoords="offset points",
+                            xytext=(6, 6) if px <= middle else (-6, 6), ha="left" if px <= middle else "right",
+                            fontsize=8)
+        label.set_in_layout(False)  # long labels must not squeeze the axes
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

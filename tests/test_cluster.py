@@ -211,7 +211,19 @@ def test_bad_cluster_input_is_one_line_before_submitting(case, args, env, messag
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {r.stderr.split('error: ', 1)[1].strip()}"]
     assert message in r.stderr and "Traceback" not in r.stderr
     after = subprocess.run(["sacct", "-n", "-X", "-o", "JobID"], capture_output=True, text=True).stdout.split()
-    assert after == before and not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted
+    assert after == before and not (tmp_path / "sweep").exists()  # nothing was submitted, nor made
+
+
+@pytest.mark.parametrize("launcher, env, message", [
+    ("slurm", {"PATH": "/nonexistent"}, "sbatch is not on PATH"),
+    ("local", {"CUDA_VISIBLE_DEVICES": ""}, "hydra.launcher.gpus_per_node=1 but this machine shows 0 GPUs"),
+])
+def test_a_refused_launch_leaves_no_sweep_folder(launcher, env, message, tmp_path, cache):
+    """No cluster needed: the launcher refuses before Hydra's sweeper makes multirun/<date>/<time>/."""
+    r = run_train(["-m", f"hydra/launcher={launcher}", "hydra.launcher.gpus_per_node=1", *JOB, "logger=none",
+                   "optim.weight_decay=0,0.1"], tmp_path, cache, env=env)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "results.tsv").exists()
 
 
 def test_slurm_without_accounting_is_refused(slurm, tmp_path, cache):

@@ -45,12 +45,19 @@ def resolved_checkpoints(checkpoints: dict[str, str]) -> None:
     _RESOLVED.update(checkpoints)
 
 
-def main(cfg: DictConfig) -> int:
+def main(cfg: DictConfig) -> int | float | None:
+    """Run one job. Alone: the exit code (non-zero: sys.exit). In a multirun: the job's val_bpb, what a
+    sweeper that adapts (hydra/sweeper=optuna) minimises, or None for a job that failed, which
+    hydra-optuna-sweeper records as a failed trial while the study goes on (NaN would abort it)."""
     code = run(cfg, experiment=_experiment_name(), identity=_run_identity())
+    out = Path(cfg.get("resume") or cfg.output_dir)
     if _CHAIN and distributed.env_rank() == 0:  # a pipeline: every stage it stands on, then this one
-        _print_chain([*_CHAIN, (_experiment_name(), Path(cfg.get("resume") or cfg.output_dir))])
+        _print_chain([*_CHAIN, (_experiment_name(), out)])
     if code == report.exit_code("interrupted") or (code and not _in_multirun()):  # a signal ends the process, sweep or not
         sys.exit(code)
+    if _in_multirun() and distributed.env_rank() == 0:
+        summary = out.expanduser() / "summary.json"  # the run's own record of its metrics
+        return json.loads(summary.read_text()).get("val_bpb") if code == 0 and summary.exists() else None
     return code
 
 

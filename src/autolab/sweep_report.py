@@ -1,12 +1,13 @@
 """A Hydra callback that ends every multirun with a table and a plot of its jobs.
 
 conf/train.yaml installs it as `hydra.callbacks.report`; a sweep file (see sweeps/replay.yaml) may
-name the parameters, columns and axes. It runs once, in the process that launched the sweep, after
-every job has finished (on SLURM too: the launcher waits for the whole array). It reads this sweep's
-rows from the ledger (the rows whose output dir lies in the sweep dir; a requeued job's last row),
-takes each job's swept values from its saved config, lists a job that left no row at all, and
-writes `summary.md` (printed too), `summary.tsv` and, when x and y are numbers, `summary.png`
-(y against x, one labelled point per job) into the sweep dir.
+name the parameters, columns and axes, and a column that orders the table (sweeps/search_lr.yaml:
+val_bpb, the best trial first). It runs once, in the process that launched the sweep, after every
+job has finished (on SLURM too: the launcher waits for the whole array; under hydra/sweeper=optuna,
+after the last wave). It reads this sweep's rows from the ledger (the rows whose output dir lies in
+the sweep dir; a requeued job's last row), takes each job's swept values from its saved config,
+lists a job that left no row at all, and writes `summary.md` (printed too), `summary.tsv` and, when
+x and y are numbers, `summary.png` (y against x, one labelled point per job) into the sweep dir.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ DEFAULT_COLUMNS = ("val_bpb", "num_steps", "status", "job_id")
 
 class SweepReport(Callback):
     def __init__(self, params: list[str] | None = None, columns: list[str] | None = None, x: str | None = None,
-                 y: str = "val_bpb", xlabel: str = "", ylabel: str = ""):
+                 y: str = "val_bpb", xlabel: str = "", ylabel: str = "", sort: str | None = None):
         self.params, self.columns = list(params or []), list(columns or DEFAULT_COLUMNS)
-        self.x, self.y, self.xlabel, self.ylabel = x, y, xlabel, ylabel
+        self.x, self.y, self.xlabel, self.ylabel, self.sort = x, y, xlabel, ylabel, sort
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
@@ -40,17 +41,20 @@ class SweepReport(Callback):
         params = self.params or swept_keys(config)
         table = []
         for out, r in last.items():
-            table.append({**{p: _job_value(Path(out), p) for p in params}, **{c: r.get(c, "") for c in self.columns}})
+            table.append({**{p: _job_value(Path(out), p) for p in params}, **{c: r.get(c, "") for c in self.columns},
+                          **({self.sort: r.get(self.sort, "")} if self.sort else {})})
         if not table:
             return
         columns = [c for c in self.columns if any(t[c] for t in table)]  # e.g. no job_id outside a scheduler
-        table.sort(key=lambda t: [str(t[p]) for p in params])
+        table.sort(key=lambda t: [str(t[p]) for p in params])  # the plot's line runs in this order
+        rows = table if not self.sort else sorted(  # e.g. val_bpb: lowest first, jobs without a number last
+            table, key=lambda t: float(t[self.sort]) if _number(t.get(self.sort)) else float("inf"))
         header = [*params, *columns]
         md = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        md += ["| " + " | ".join(str(t[h]) for h in header) + " |" for t in table]
+        md += ["| " + " | ".join(str(t[h]) for h in header) + " |" for t in rows]
         (sweep_dir / "summary.md").write_text("\n".join(md) + "\n")
         (sweep_dir / "summary.tsv").write_text(
-            "\n".join("\t".join(str(t[h]) for h in header) for t in [dict(zip(header, header)), *table]) + "\n"
+            "\n".join("\t".join(str(t[h]) for h in header) for t in [dict(zip(header, header)), *rows]) + "\n"
         )
         print("\n".join(md))
         x = self.x or next(iter(params), None)
@@ -88,10 +92,18 @@ def _plot(table: list[dict], params: list[str], x: str, y: str, path: Path, xlab
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:blue")
-    for px, py, t in points:
-        ax.annotate(", ".join(f"{p}={t[p]}" for p in params), (px, py), textcoords="offset points",
-                    xytext=(6, 6), fontsize=9)
+    style = "o-" if len(params) == 1 else "o"  # a line along one swept key; points for a search of several
+    ax.plot([p[0] for p in points], [p[1] for p in points], style, color="tab:blue")
+    xs = [p[0] for p in points]
+    middle = (min(xs) + max(xs)) / 2
+    if min(xs) > 0 and max(xs) >= 10 * min(xs):  # a rate searched on a log scale
+        ax.set_xscale("log")
+        middle = (min(xs) * max(xs)) ** 0.5
+    for px, py, t in points:  # each point names its job's values; a label leans away from the edge it is near
+        label = ax.annotate(", ".join(f"{p}={_short(t[p])}" for p in params), (px, py), textcoords="offset points",
+                            xytext=(6, 6) if px <= middle else (-6, 6), ha="left" if px <= middle else "right",
+                            fontsize=8)
+        label.set_in_layout(False)  # long labels must not squeeze the axes
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -99,6 +111,11 @@ def _plot(table: list[dict], params: list[str], x: str, y: str, path: Path, xlab
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def _short(value) -> str:
+    """A label's value: a sampled float to 3 significant digits (0.0016051911 -> 0.00161)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _number(text) -> bool:

@@ -10,13 +10,18 @@ schema), which keep the plugin's job
 function (each job re-composes its config and runs train.py's task, so a requeued job continues in
 the same output dir) and change what happens around it:
 
-- `SlurmLauncher` checks the cluster before anything is submitted (sbatch on PATH, the partition,
-  GPUs on it, accounting: submitit sees job states only through `sacct`) and answers a mistake in
-  one line; it submits one job array (`array_parallelism` at a time).
+- `SlurmLauncher` checks the cluster (sbatch on PATH, the partition, GPUs on it, accounting:
+  submitit sees job states only through `sacct`) and answers a mistake in one line; it submits one
+  job array (`array_parallelism` at a time).
 - `LocalLauncher` runs `slots` jobs at once, each pinned to its own GPUs through
-  CUDA_VISIBLE_DEVICES. submitit's local executor alone starts every job at once, all on GPU 0.
+  CUDA_VISIBLE_DEVICES: one GPU a job by default, or one CPU job at a time on a machine without
+  GPUs. submitit's local executor alone starts every job at once, all on GPU 0.
+- Both check when Hydra sets them up, before the sweeper makes the sweep dir: a refused launch
+  leaves no `multirun/<date>/<time>/` behind.
 - Both wait for every job and never let one lost job (killed by SLURM, out of memory) abort the
   sweep: it gets a `lost` row in the ledger pointing at its log, and the sweep report still runs.
+- Both take one `launch()` per batch from a sweeper that adapts (hydra/sweeper=optuna,
+  sweeps/search_lr.yaml): job numbers go on across batches, which share the sweep dir.
 """
 
 
@@ -34,9 +39,10 @@ from typing import Any, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autolab import report
 from autolab.errors import first_line
@@ -58,8 +64,12 @@ ConfigStore.instance().store(group="hydra/launcher", name="autolab_local", node=
 class _Launcher(BaseSubmititLauncher):
     """Submit every job, wait for all of them, and turn a job that left no result into a ledger row."""
 
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.check()  # here, before the sweeper makes the sweep dir: a refused launch leaves no folder behind
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        self.check()
+        # once per batch under a sweeper that adapts: job numbers go on from initial_job_idx
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         calls = [
@@ -89,7 +99,7 @@ class _Launcher(BaseSubmititLauncher):
             log.error(f"job #{idx} ({job.job_id}) ended without a result: {why}; its log: {job.paths.stdout}")
             self._lost_row(overrides, idx, job, why)
             ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
-            ret.return_value = 1  # what a crashed job returns: the sweep goes on and its report runs
+            ret.return_value = None  # a failed job's return (run.main): the sweep goes on, a search counts a failed trial
             return ret
 
     def _lost_row(self, overrides: list[str], idx: int, job, why: str) -> None:
@@ -156,20 +166,22 @@ class LocalLauncher(_Launcher):
         self.slots = slots
 
     def check(self) -> None:
-        per_job = int(self.params.get("gpus_per_node") or 0)
         gpus = visible_gpus()
+        per_job = self.params.get("gpus_per_node")
+        per_job = int(per_job) if per_job is not None else min(1, len(gpus))  # null: one GPU each, none without
         if per_job > len(gpus):
             _refuse(f"hydra.launcher.gpus_per_node={per_job} but this machine shows {len(gpus)} GPUs: "
                     "lower it (0 runs the jobs on the CPU)")
         slots = self.slots or (len(gpus) // per_job if per_job else 1)
         if slots * per_job > len(gpus):
             _refuse(f"hydra.launcher.slots={slots} x gpus_per_node={per_job} needs more than the {len(gpus)} GPUs here")
+        self._per_job = per_job
         self._gpus = [tuple(gpus[i * per_job:(i + 1) * per_job]) for i in range(slots)]  # per slot
 
     def submit(self, calls: list[tuple]) -> list:
         import submitit
 
-        slots, per_job = len(self._gpus), int(self.params.get("gpus_per_node") or 0)
+        slots, per_job = len(self._gpus), self._per_job
         executor = submitit.LocalExecutor(folder=self.params["submitit_folder"])
         params = self._queue_parameters(drop=("gpus_per_node", "cpus_per_task"))
         threads = self.params.get("cpus_per_task")

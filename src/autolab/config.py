@@ -331,6 +331,8 @@ def concise_errors(app) -> None:
             print(f"error: {first_line(e)} ({_HELP})", file=sys.stderr)
             raise SystemExit(2) from None
         raise
+    except KeyboardInterrupt:  # a second Ctrl-C (preemption.py) outside Lightning's fit, which does the same
+        raise SystemExit(1) from None  # the run's row and summary are written: no traceback after them
     finally:
         _release()
 

@@ -513,14 +513,30 @@ class Tokenizer:
 
     @classmethod
     def load(cls, folder: Path | str | None = None) -> "Tokenizer":
-        import tiktoken.load
-
         folder = Path(folder) if folder is not None else tokenizer_dir()
         bpe, meta = folder / "tiktoken.bpe", folder / "tiktoken.json"
         if not bpe.exists() or not meta.exists():
             raise PrepareError(f"no tokenizer in {folder}: run `python prepare.py`")
         info = json.loads(meta.read_text())
-        return cls(tiktoken.load.load_tiktoken_bpe(str(bpe)), info["pattern"], info["special_tokens"])
+        return cls(cls.read_ranks(bpe), info["pattern"], info["special_tokens"])
+
+    @staticmethod
+    def read_ranks(path: Path | str) -> dict[bytes, int]:
+        """The ranks file as it is on disk now: one `base64(token bytes) rank` line per token.
+        Not tiktoken.load.load_tiktoken_bpe: it keeps a copy of every file it reads in a temp
+        folder keyed by the file's path, and a new tokenizer saved at the same path later (a
+        `--new-tokenizer`, a checkpoint rewritten in place) would never be read."""
+        ranks = {}
+        for number, line in enumerate(Path(path).read_text(encoding="ascii").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+            except ValueError:
+                raise PrepareError(f"{path}, line {number}: not `base64 rank`; the tokenizer file is damaged: "
+                                   "run `python prepare.py --new-tokenizer`") from None
+        return ranks
 
 
 def _atomic_write(path: Path, text: str) -> None:

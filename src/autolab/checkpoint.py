@@ -15,8 +15,12 @@ def save_tokenizer(tokenizer: prepare.Tokenizer, folder: Path) -> None:
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.tiktoken import TikTokenConverter
 
+    class Converter(TikTokenConverter):  # transformers reads the ranks with tiktoken's reader, which
+        def load_tiktoken_bpe(self, path):  # caches every file by its path (prepare.Tokenizer.read_ranks)
+            return prepare.Tokenizer.read_ranks(path)
+
     tokenizer.save(folder)
-    converter = TikTokenConverter(vocab_file=str(folder / "tiktoken.bpe"), pattern=tokenizer.pattern)
+    converter = Converter(vocab_file=str(folder / "tiktoken.bpe"), pattern=tokenizer.pattern)
     specials = sorted(tokenizer.special, key=tokenizer.special.get)  # in id order: appended in turn
     fast = PreTrainedTokenizerFast(
         tokenizer_object=converter.converted(), bos_token=specials[0], eos_token=specials[0]

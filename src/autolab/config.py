@@ -7,15 +7,17 @@
   MISSING or None default): the values, and their comments, live in the YAML files users read.
 - `check(cfg)`: ranges, divisibility, relations between keys and stage-specific keys, before any data
   or model is loaded; the first problem is one UserError line that names the key and the fix.
-- `concise_errors(app)`: runs train.py's Hydra app with Hydra's own composition errors (a wrong type,
-  an unknown key or option) cut to at most three lines that start with `error:`
-  (HYDRA_FULL_ERROR=1 shows Hydra's whole message).
+- `concise_errors(app)`: runs train.py's Hydra app with Hydra's own errors before a run starts cut to
+  at most three lines that start with `error:`, exit code 2: composition errors (a wrong type, an
+  unknown key or option) and usage errors of the command line (an unknown flag, a bad `--cfg` value,
+  `-m` with `--cfg`) (HYDRA_FULL_ERROR=1 shows Hydra's whole message).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 import prepare
-from autolab.errors import UserError
+from autolab.errors import UserError, first_line
 from autolab.schedules import DECAYS
 
 
@@ -317,12 +319,20 @@ def concise_errors(app) -> None:
     try:
         app()
     except SystemExit as e:
-        if _held and e.code:  # Hydra refused the config: invalid input, exit code 2 (report.STATUSES)
+        if _held and e.code:  # Hydra refused the config or argparse the flags: invalid input, exit code 2
             text = _held["buffer"].getvalue()
             _release(write=False)
             print(_gist(text), file=sys.stderr)
             raise SystemExit(2) from None
         raise
+    except Exception as e:
+        if _held:  # Hydra raised before any run began: a usage error (`-m` with `--cfg job`), not a crash
+            _release(write=False)
+            print(f"error: {first_line(e)} ({_HELP})", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C (preemption.py) outside Lightning's fit, which does the same
+        raise SystemExit(1) from None  # the run's row and summary are written: no traceback after them
     finally:
         _release()
 
@@ -345,10 +355,16 @@ def _release(write: bool = True) -> None:
         _held.clear()
 
 
+_HELP = "`python train.py --help` lists the flags"
+
+
 def _gist(text: str) -> str:
     """Hydra's error in at most three lines: its own sentences, without the bookkeeping lines."""
     skip = ("full_key:", "reference_type=", "object_type=", "Set the environment variable HYDRA_FULL_ERROR",
             "Config search path:", "provider=", "To append to your config use")
+    usage = re.search(r"^\S+: error: (.+)$", text, re.MULTILINE)  # argparse's own sentence, after its usage lines
+    if usage:
+        return f"error: {usage.group(1)} ({_HELP})"
     lines, options = [], []
     for line in text.splitlines():
         stripped = line.strip()

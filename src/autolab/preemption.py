@@ -1,5 +1,5 @@
 """One owner for the signals that end a job early: USR2 (submitit's warning before a time limit or a
-preemption) and SIGTERM (scancel, a preemption, `kill`).
+preemption), SIGTERM (scancel, a preemption, `kill`) and SIGINT (Ctrl-C).
 
 While a run is on, `Preemption` only notes the signal. At the end of the training step in progress
 the run writes its resumable snapshot (callbacks.Snapshots), stops training, and `run` raises
@@ -13,6 +13,14 @@ Lightning is kept out of it: its SLURM auto-requeue (USR1, a checkpoint of its o
 in run.py, and its SIGTERM handler, which Lightning installs for the length of `fit`, is replaced
 by ours at train start (Lightning puts the previous handlers back after `fit`), and with it the
 GPU broadcast of Lightning's SIGTERM flag that Lightning makes after every step.
+
+Ctrl-C (SIGINT) is noted like SIGTERM: the run snapshots the step in progress and ends `interrupted`
+(exit 3), resumable; it is never requeued. A second Ctrl-C stops at once: it raises KeyboardInterrupt
+where the process stands (Lightning turns one raised inside `fit` into SystemExit(1), and
+config.concise_errors one raised elsewhere), no snapshot is written, the ledger row says `crash` and
+the process exits 1, a multirun included; the last periodic snapshot, if any, still resumes. A terminal's Ctrl-C reaches every rank of a run on several
+processes: each notes it, and rank 0's decision stops them all on the same step (distributed.RankSync).
+A process that was started with SIGINT ignored (`nohup`, `cmd &` in a script) keeps ignoring it.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ class Preemption(L.Callback):
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "Preemption":
-        self._previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+        owned = [*SIGNALS, *([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])]
+        self._previous = {sig: signal.getsignal(sig) for sig in owned}
         self._install()
         return self
 
@@ -46,12 +55,16 @@ class Preemption(L.Callback):
             signal.signal(sig, handler)
 
     def _install(self) -> None:
-        for sig in SIGNALS:
+        for sig in self._previous:
             signal.signal(sig, self._note)
 
     def _note(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:  # the second Ctrl-C: stop where we stand
+            os.write(2, b"received SIGINT again: stopping at once, without a snapshot of this step\n")  # safe in a handler
+            raise KeyboardInterrupt
         if self.received is None:
-            print(f"received {signal.Signals(signum).name}: snapshot at the end of this step, then stop", flush=True)
+            again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
+            print(f"received {signal.Signals(signum).name}: snapshot at the end of this step, then stop{again}", flush=True)
         self.received = signum
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -81,6 +94,8 @@ class Preemption(L.Callback):
         must end without returning a result (a local job's controller restarts it on that exit code).
         A job a user cancelled (scancel) is not requeued: it ends `interrupted`, resumable by hand."""
         handler = self._previous.get(signal.SIGUSR2)
+        if self.received == signal.SIGINT:  # a person pressed Ctrl-C: they meant stop, not requeue
+            return None
         if getattr(handler, "__qualname__", "") != "SignalHandler.checkpoint_and_try_requeue":
             return None
         state, restarted = _slurm_job()

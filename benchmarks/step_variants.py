@@ -10,6 +10,7 @@ Variants:
   autotune  base compiled with mode="max-autotune-no-cudagraphs" (Triton matmul templates, epilogue fusion)
   flce      liger-kernel's fused linear cross-entropy with the soft cap (the logits never written whole):
             the model's final hidden states and the head's weight in bf16, the rest compiled as in base
+            (needs the optional extra: pip install -e '.[gpu]')
 
 Prints one JSON line: tok/s, MFU, the step's peak memory, compile+warm-up seconds. Compare variants of
 one call only (the same GPU); run `base` first and last: its spread is the noise.

@@ -8,7 +8,9 @@ for the same 300 s of training: val_bpb, tokens, passes over the data, MFU, peak
     python benchmarks/vs_autoresearch.py autolab --seconds 5 --eval-bytes 20000 +experiment=quickstart \
         model=gpt_50m data.batch_size=2 trainer.max_steps=2      # a CPU smoke run of this harness (~1 min)
 
-Every result names its GPU (`device`): compare rows of one kind only.
+Every result names its GPU (`device`): compare rows of one kind only. autolab's result also has
+`phases`: where its wall time went (start-up, setup, first step with compilation, training, final
+snapshot, evaluation, checkpoint, report, exit; see `phases`), for the overhead around the budget.
 
 `--repo` holds autoresearch's train.py and prepare.py as fetched (never committed here). It is run as
 its README says, with two changes its users make on machines without FA3: attention through

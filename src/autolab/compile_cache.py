@@ -24,8 +24,9 @@ FOLDER = "compile"
 
 
 def use(cache_root: Path) -> Path:
-    """Point inductor's caches at `cache_root`/compile (unless TORCHINDUCTOR_CACHE_DIR names a folder of your own) and make
-    sure both graph caches are on (unless turned off by their variables). Returns the folder in use."""
+    """Point inductor's caches at `cache_root`/compile (unless TORCHINDUCTOR_CACHE_DIR names a folder of
+    your own) and make sure both graph caches are on (unless their variables turn them off).
+    Returns the folder in use."""
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir

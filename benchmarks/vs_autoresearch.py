@@ -8,7 +8,9 @@ for the same 300 s of training: val_bpb, tokens, passes over the data, MFU, peak
     python benchmarks/vs_autoresearch.py autolab --seconds 5 --eval-bytes 20000 +experiment=quickstart \
         model=gpt_50m data.batch_size=2 trainer.max_steps=2      # a CPU smoke run of this harness (~1 min)
 
-Every result names its GPU (`device`): compare rows of one kind only.
+Every result names its GPU (`device`): compare rows of one kind only. autolab's result also has
+`phases`: where its wall time went (start-up, setup, first step with compilation, training, final
+snapshot, evaluation, checkpoint, report, exit; see `phases`), for the overhead around the budget.
 
 `--repo` holds autoresearch's train.py and prepare.py as fetched (never committed here). It is run as
 its README says, with two changes its users make on machines without FA3: attention through
@@ -102,12 +104,46 @@ def same_text_bpb(checkpoint: Path, max_bytes: int) -> dict:
 
 
 def measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
-    with log.open("w") as f:
-        r = subprocess.run([sys.executable, "-c", PROBE, *cmd], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    """Runs cmd under PROBE (peak RSS, wall time); `stamps` holds when each output line came, in
+    seconds since the start (unix time in `t0`), for the breakdown of the wall time (`phases`)."""
+    stamps, t0 = [], time.time()
+    with log.open("w") as f, subprocess.Popen([sys.executable, "-c", PROBE, *cmd], cwd=cwd, env=env, text=True,
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as p:
+        for line in p.stdout:
+            stamps.append((time.time() - t0, line))
+            f.write(line)
     text = log.read_text()
-    if r.returncode != 0:
+    if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{text[-3000:]}")
-    return {**json.loads(text.strip().splitlines()[-1]), "summary": parse_summary(text)}  # both programs end with a --- block
+    return {**json.loads(text.strip().splitlines()[-1]), "summary": parse_summary(text),  # both programs end with a --- block
+            "stamps": stamps, "t0": t0}
+
+
+def phases(out: dict, run_dir: Path) -> dict:
+    """Where autolab's wall time goes, in seconds, from when its lines were printed, the times
+    summary.json keeps (run start, first step) and when the run's files were written:
+    start-up (interpreter, imports, Hydra) until run() starts; setup (data, model) until the
+    `model:` line; first_step (Lightning's set-up, compilation, the first step); training (until the
+    last progress line: the untimed steps and the budget); final_snapshot (resume/ written at the
+    end); final_eval (fit's teardown and evaluate_bpb at EVAL_BYTES, until the checkpoint's weights
+    start); checkpoint (weights and tokenizer); report (ledger, summary); exit (interpreter teardown)."""
+    t0, stamps = out["t0"], out["stamps"]
+    facts = json.loads((run_dir / "summary.json").read_text())
+    model_line = next(t for t, line in stamps if line.startswith("model:"))
+    last_step = [t for t, line in stamps if line.startswith("step ")][-1]
+    summary_line = next(t for t, line in stamps if line.strip() == "---")
+    mtime = lambda p: (run_dir / p).stat().st_mtime - t0  # noqa: E731
+    snap = mtime("resume/state.pt") if (run_dir / "resume/state.pt").exists() else last_step
+    weights_start = min(mtime(f"checkpoint/{x.name}") for x in (run_dir / "checkpoint").iterdir())
+    marks = [("startup", facts["started_at"] - t0), ("setup", model_line), ("first_step", facts["first_step_at"] - t0),
+             ("training", last_step), ("final_snapshot", snap), ("final_eval", weights_start),
+             ("checkpoint", max(mtime(f"checkpoint/{x.name}") for x in (run_dir / "checkpoint").iterdir())),
+             ("report", summary_line), ("exit", out["wall_s"])]
+    result, before = {}, 0.0
+    for name, at in marks:
+        result[name] = round(at - before, 2)
+        before = at
+    return result
 
 
 def run_autolab(args, env: dict) -> dict:
@@ -118,12 +154,14 @@ def run_autolab(args, env: dict) -> dict:
     s = out["summary"]
     tok = prepare.Tokenizer.load()
     train_tokens = sum(len(x) for x in prepare.load_tokens(prepare.SOURCES, "train", tok))
+    breakdown = phases(out, Path(s["output_dir"]))
     same = same_text_bpb(Path(s["output_dir"]) / "checkpoint", args.eval_bytes)
     return {"val_bpb": float(s["val_bpb"]), **same, "tokens_M": float(s["total_tokens_M"]),
             "passes": float(s["total_tokens_M"]) * 1e6 / train_tokens,
             "mfu_percent": None if s["mfu_percent"] == "n/a" else float(s["mfu_percent"]),  # n/a: a CPU smoke run
             "training_seconds": float(s["training_seconds"]), "num_steps": int(s["num_steps"]),
-            "rss_mb": out["rss_mb"], "wall_s": out["wall_s"], "peak_vram_mb": float(s["peak_vram_mb"])}
+            "rss_mb": out["rss_mb"], "wall_s": out["wall_s"], "peak_vram_mb": float(s["peak_vram_mb"]),
+            "phases": breakdown}
 
 
 def run_autoresearch(args, env: dict) -> dict:

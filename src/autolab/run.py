@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import prepare
-from autolab import distributed, profiling, provenance, report, resume
+from autolab import compile_cache, distributed, profiling, provenance, report, resume
 from autolab.config import check
 from autolab.errors import DivergenceError, UserError, first_line
 from autolab.preemption import Interrupted, Preemption
@@ -207,6 +207,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     t = cfg.trainer
     budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
     compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
+    if compiled or device.type == "cuda":  # torch.compile's graphs cached on disk under $AUTOLAB_CACHE
+        compile_cache.use(prepare.cache_dir())
     common = dict(optim=cfg.optim, schedule=cfg.schedule, budget=budget, grad_clip=t.grad_clip, restore=restore)
     def fresh_model():  # the starting weights loaded again (or a new GPT): whole, on the CPU
         return _initial_model(cfg, init_path)[0]

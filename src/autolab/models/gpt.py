@@ -192,6 +192,15 @@ class GPT(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits for every position; with `labels` (HF convention: labels = input_ids), the loss."""
+        logits = soft_cap(self.lm_head(self.hidden(input_ids, attention_mask)), self.config.logit_softcap)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits[:, :-1], labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1))
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final normed hidden states [B, T, C], what the output head reads (a fused
+        head-and-loss kernel takes these and the head's weight instead of the logits)."""
         T = input_ids.size(1)
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):  # padded keys hidden; a pad sees itself (no NaN)
@@ -211,8 +220,4 @@ class GPT(PreTrainedModel, GenerationMixin):
                 x = self._gradient_checkpointing_func(block.__call__, x, input_ids, cos, sin, mask)
             else:
                 x = block(x, input_ids, cos, sin, mask)
-        logits = soft_cap(self.lm_head(self.norm(x)), self.config.logit_softcap)
-        loss = None
-        if labels is not None:
-            loss = lm_loss(logits[:, :-1], labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1))
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return self.norm(x)

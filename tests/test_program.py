@@ -68,7 +68,7 @@ def test_program_md_loop_runs_as_written(tmp_path, cache):
     run_block(repo, cache, blocks["setup"], tag="t")
     assert git(repo, "branch", "--show-current").strip() == "autolab/t"
     noise = run_block(repo, cache, blocks["baseline"], tag="t", experiment="tiny")
-    assert "3" in noise  # the three seeds form one group
+    assert re.search(r"^pretrain\s+\w+\s+3\s.*#1,2,3", noise, flags=re.M), noise  # the three seeds: one group
     base = git(repo, "rev-parse", "HEAD").strip()
     best = min(float(r["val_bpb"]) for r in report.read_ledger(repo / "results.tsv"))
 
@@ -109,7 +109,8 @@ def test_program_md_loop_runs_as_written(tmp_path, cache):
 
     view = results(repo, cache)
     assert all(len(line) <= 120 for line in view.splitlines())
-    assert sum(1 for line in view.splitlines() if re.match(r"\s*\d+\s", line)) == 7
-    best_row = min(rows, key=lambda r: float(r["val_bpb"]))
-    assert best_row["val_bpb"][:5] in results(repo, cache, "--best")
-    assert "tiny_slow" in results(repo, cache, "--diff", "4", "5")
+    assert sum(1 for line in view.splitlines() if re.match(r"\d+\s", line)) == 7
+    best_at = min(range(7), key=lambda i: float(rows[i]["val_bpb"])) + 1
+    assert best_at in (4, 6, 7) and f"best #{best_at} " in view and "run-to-run std" in view
+    assert rows[best_at - 1]["overrides"] in results(repo, cache, "--best")
+    assert "schedule.peak_lr: 0.01 -> 1e-06" in results(repo, cache, "--diff", "4", "5")

@@ -159,7 +159,7 @@ class GPT(PreTrainedModel, GenerationMixin):
         # transformers calls this on modules with weights of their own only, never on a Block). The
         # residual projections stay N(0, 0.02): zeroing them (each block the identity at the start)
         # measured worse: the CPU demo's val_bpb 2.209 against 2.177 and 2.142 (fresh-clone CI runs), the
-        # H100's same-text bpb 0.519 against 0.517 (README).
+        # H100's same-text bpb 0.519 against 0.517 (docs/gpu-results.md).
         if isinstance(module, (nn.Embedding, nn.Linear)):
             std = getattr(module, "init_std", 1.0 if isinstance(module, nn.Embedding) else 0.02)
             if std:

@@ -78,3 +78,46 @@ def test_a_second_ctrl_c_stops_at_once_without_the_snapshot(tmp_path, cache):
     assert "received SIGINT again: stopping at once" in output and "Traceback" not in output, output[-2000:]
     row = report.read_ledger(tmp_path / "results.tsv")[-1]
     assert row["status"] == "crash" and row["output_dir"] == str(run_dir)
+
+
+def _wandb_service_of(pid: int) -> int:
+    """The W&B service process (wandb-core) that train.py `pid` started."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if "wandb-core" in Path(f"/proc/{child}/cmdline").read_text():
+            return int(child)
+    raise AssertionError(f"no wandb-core child of {pid}")
+
+
+def _stop_at_step_5(run_dir: Path, cwd: Path, cache: Path, service_too: bool) -> tuple[int, str, str]:
+    """A run with W&B (offline) sent SIGTERM at step 5; with `service_too`, its W&B service as well,
+    as SLURM stops every process of a job (preemption, scancel, `scontrol requeue`): (code, stdout, stderr)."""
+    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    args = [*TINY, "trainer.max_steps=30", "trainer.log_every=5", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _read_until(proc, f"step {5:6d}")
+    if service_too:
+        os.kill(_wandb_service_of(proc.pid), signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def test_an_interrupted_run_closes_its_wandb_run_with_its_status(tmp_path, cache):
+    from wandb_records import summary
+
+    code, out, err = _stop_at_step_5(tmp_path / "run", tmp_path, cache, service_too=False)
+    assert code == 3 and "Traceback" not in err, err[-2000:]
+    run_file = next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert summary(run_file)["status"] == "interrupted"
+
+
+def test_a_job_whose_wandb_service_was_stopped_with_it_ends_without_a_traceback(tmp_path, cache):
+    """The requeued attempts of a SLURM job had W&B's `ConnectionResetError: Connection lost`
+    traceback in their logs, twice (at the close, then in W&B's exit hook), and no summary block."""
+    code, out, err = _stop_at_step_5(tmp_path / "run", tmp_path, cache, service_too=True)
+    assert code == 3 and "Traceback" not in err, err[-2000:]
+    said = [line for line in err.splitlines() if line.startswith("W&B:")]
+    assert said and all(line.startswith("W&B: its service process was stopped with the job") for line in said)
+    assert report.parse_summary(out)["status"] == "interrupted"  # the summary block is printed whole

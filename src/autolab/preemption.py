@@ -88,11 +88,13 @@ class Preemption(L.Callback):
         if self.received is not None:
             raise Interrupted(f"{signal.Signals(self.received).name} at step {step}")
 
-    def requeue(self) -> SystemExit | None:
+    def requeue(self, before=lambda: None) -> SystemExit | None:
         """Requeue through submitit's own USR2 handler when this job runs under submitit. When it did,
         returns submitit's exit, which the caller raises once the attempt is recorded: the process
         must end without returning a result (a local job's controller restarts it on that exit code).
-        A job a user cancelled (scancel) is not requeued: it ends `interrupted`, resumable by hand."""
+        A job a user cancelled (scancel) is not requeued: it ends `interrupted`, resumable by hand.
+        `before()` runs just before the job is handed back, what must happen while every process of
+        the job still runs: `scontrol requeue` makes SLURM stop them all (the W&B service's too)."""
         handler = self._previous.get(signal.SIGUSR2)
         if self.received == signal.SIGINT:  # a person pressed Ctrl-C: they meant stop, not requeue
             return None
@@ -104,7 +106,9 @@ class Preemption(L.Callback):
             return None
         if restarted:  # SLURM has put it back in the queue itself: `scontrol requeue`, PreemptMode=REQUEUE
             print("requeued by SLURM", flush=True)
+            before()
             return SystemExit(3)
+        before()
         try:
             handler(signal.SIGUSR2, None)
         except SystemExit as done:  # submitit requeued the job and exits the process

@@ -82,7 +82,7 @@ def run(cfg: DictConfig, experiment: str = "", identity: dict | None = None) -> 
     ledger = Path(cfg.ledger).resolve()
     out = Path(cfg.output_dir).resolve()
     metrics: dict = {key: None for key in report.SUMMARY_KEYS}
-    logger, status, requeued = None, "crash", None
+    status, requeued = "crash", None
     facts = {"stage": cfg.stage.name, "experiment": experiment, "overrides": [], **(identity or {}),  # summary.json and the row
              "commit": source.commit, "dirty": source.dirty, "patch": source.patch_hash, "started_at": t0}
     with Preemption() as preemption:  # USR2 / SIGTERM: snapshot, then requeue or stop (preemption.py)
@@ -96,13 +96,13 @@ def run(cfg: DictConfig, experiment: str = "", identity: dict | None = None) -> 
             out.mkdir(parents=True, exist_ok=True)
             provenance.write_patch(source, out)
             with ExitStack() as ranks:  # the other ranks, when this one starts them: stopped on the way out
-                logger = _fit_and_evaluate(cfg, out, metrics, preemption, facts, world, ranks)
+                _fit_and_evaluate(cfg, out, metrics, preemption, facts, world, ranks)
             status = "ok"
         except (UserError, prepare.PrepareError) as e:
             print(f"error: {e}", file=sys.stderr)
             status = "invalid"
-        except Interrupted as e:
-            requeued = preemption.requeue()
+        except Interrupted as e:  # W&B closed before the requeue: SLURM stops its service process with the job
+            requeued = preemption.requeue(before=lambda: _finish_logger({**metrics, "status": "requeued"}))
             status = "requeued" if requeued else "interrupted"
             then = "requeued: the next attempt continues from the snapshot" if requeued else f"continue it with resume={out}"
             print(f"interrupted: {e}, snapshot written; {then}", file=sys.stderr)
@@ -122,7 +122,7 @@ def run(cfg: DictConfig, experiment: str = "", identity: dict | None = None) -> 
                 print(f"error: the ledger {ledger} could not take this run's row ({e.strerror})", file=sys.stderr)
             if out.exists() and status != "invalid":  # an invalid run trained nothing: it leaves a dir as it was
                 (out / "summary.json").write_text(json.dumps({**metrics, **facts}, indent=2) + "\n")
-            _finish_logger(logger, metrics)
+            _finish_logger(metrics)
             print(report.format_summary(metrics), flush=True)  # last, so `tail` shows it whole
     if requeued is not None:
         raise requeued  # submitit's exit: no result is written, the requeued attempt writes it
@@ -440,19 +440,40 @@ def _build_logger(cfg: DictConfig, wandb_id: str | None = None):
                  "name": cfg.logger.get("name") or f"{_experiment_name()}/{hc.job.num}"}
     logger = instantiate(cfg.logger, save_dir=cfg.output_dir, id=wandb_id, **named)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_metrics = logger.log_metrics
+
+    def log_while_wandb_runs(*args, **kwargs):  # a job SLURM stops (preemption, scancel) has W&B's service
+        try:  # stopped with it, while its last step still logs: that step goes on to its snapshot
+            log_metrics(*args, **kwargs)
+        except ConnectionError as e:
+            logger.log_metrics = lambda *args, **kwargs: None
+            print(f"W&B: its service process was stopped with the job ({first_line(e)}): no more values go to "
+                  "the W&B run; the summary and the ledger have this run's results", file=sys.stderr)
+
+    logger.log_metrics = log_while_wandb_runs
     return logger
 
 
-def _finish_logger(logger, metrics: dict) -> None:
-    """Write the summary values into the W&B run and close it, so the next job starts its own."""
-    if logger is None:
+def _finish_logger(metrics: dict) -> None:
+    """Write the summary values into this run's W&B run, if it has one (an interrupted or failed run
+    too), close it and stop W&B's service process, so the next job starts its own and nothing of W&B
+    is left to run at exit. SLURM signals every process of a job it preempts, cancels or requeues,
+    W&B's service too: a requeued job closes W&B before it asks (Preemption.requeue); a service
+    stopped before the run ends is one line, not W&B's traceback now and again at exit."""
+    wandb = sys.modules.get("wandb")  # never imported: no W&B run (logger=none)
+    if wandb is None or wandb.run is None:  # none, or closed already (before a requeue)
         return
-    import wandb
-
-    if wandb.run is not None:
+    try:
         wandb.run.summary.update({k: v for k, v in metrics.items() if v is not None})
         wandb.run.summary["status"] = metrics["status"]
         wandb.finish(exit_code=0 if metrics["status"] in ("ok", "requeued") else report.exit_code(metrics["status"]))
+    except ConnectionError as e:
+        print(f"W&B: its service process was stopped with the job ({first_line(e)}): the W&B run lacks this "
+              "run's last values and status; the summary below and the ledger have them", file=sys.stderr)
+    try:
+        wandb.teardown()  # waits for the service to write everything and end; drops W&B's exit hook
+    except ConnectionError:
+        pass
 
 
 def _run_identity() -> dict:

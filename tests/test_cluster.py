@@ -122,8 +122,10 @@ def test_preempted_job_requeues_and_ends_bit_identical(slurm, tmp_path, cache):
     for row in rows:
         by_dir.setdefault(row["description"], []).append(row["status"])
     assert by_dir == {"straight": ["ok"], "interrupted": ["requeued", "ok"]}  # one ok row per job
-    step = re.search(r"interrupted: SIGUSR2 at step (\d+), snapshot written", log.with_suffix(".err").read_text())
+    err = log.with_suffix(".err").read_text()  # both attempts': requeue is normal operation, its logs are clean
+    step = re.search(r"interrupted: SIGUSR2 at step (\d+), snapshot written", err)
     assert step and int(step.group(1)) >= 60
+    assert "Traceback" not in err and "W&B:" not in err, err[-3000:]  # W&B closed before `scontrol requeue`
     assert f"resuming at step {step.group(1)}" in log.read_text()  # the requeued attempt, from the step it stopped at
 
     straight, interrupted = (sweep / "0" / "checkpoint", sweep / "1" / "checkpoint")
@@ -133,6 +135,9 @@ def test_preempted_job_requeues_and_ends_bit_identical(slurm, tmp_path, cache):
     assert finals[0]["val_bpb"] == finals[1]["val_bpb"] and finals[0]["num_steps"] == finals[1]["num_steps"] == "400"
     runs = list((sweep / "1" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # two attempts, one W&B run
+    from wandb_records import summary  # the first attempt closed its W&B run itself, before the requeue
+
+    assert summary(next(min(runs).glob("run-*.wandb")))["status"] == "requeued"
 
 
 def _oom_kill(job: str) -> None:

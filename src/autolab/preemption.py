@@ -18,9 +18,10 @@ Ctrl-C (SIGINT) is noted like SIGTERM: the run snapshots the step in progress an
 (exit 3), resumable; it is never requeued. A second Ctrl-C stops at once: it raises KeyboardInterrupt
 where the process stands (Lightning turns one raised inside `fit` into SystemExit(1), and
 config.concise_errors one raised elsewhere), no snapshot is written, the ledger row says `crash` and
-the process exits 1, a multirun included; the last periodic snapshot, if any, still resumes. A terminal's Ctrl-C reaches every rank of a run on several
-processes: each notes it, and rank 0's decision stops them all on the same step (distributed.RankSync).
-A process that was started with SIGINT ignored (`nohup`, `cmd &` in a script) keeps ignoring it.
+the process exits 1, a multirun included; the last periodic snapshot, if any, still resumes.
+A terminal's Ctrl-C reaches every rank of a run on several processes: each notes it, and rank 0's
+decision stops them all on the same step (distributed.RankSync). A process that was started with
+SIGINT ignored (`nohup`, `cmd &` in a script) keeps ignoring it.
 """
 
 from __future__ import annotations

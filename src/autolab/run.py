@@ -279,7 +279,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         trainer.fit(parts.module, train_dataloaders=loader)
     gathered = whole(parts.module.model)  # sharded: every rank gathers into rank 0's whole copy
     if not world.main:
-        return None  # rank 0 measures, saves and reports
+        return  # rank 0 measures, saves and reports
     if gathered is not model:  # the stage's finals measure parts.module.model too
         parts.module.model = model = gathered
     metrics.update(training_seconds=budget.training_seconds, num_steps=budget.steps)
@@ -303,7 +303,6 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
             metrics[f"{name}_delta"] = value - start[f"{name}_start"]
     metrics.update(parts.finals())
     save_checkpoint(_merged(model), tokenizer, out / "checkpoint")
-    return logger
 
 
 def _merged(model):

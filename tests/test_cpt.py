@@ -134,7 +134,7 @@ def test_sigterm_snapshots_at_once_and_exits_interrupted(straight, tmp_path, cac
     arrived, exit code 3, an `interrupted` row; `resume=` continues to the same weights."""
     stopped = tmp_path / "stopped"
     code, output = _start_and_signal(stopped, tmp_path, cache, signal.SIGTERM)
-    assert code == 3 and f"continue it with resume={stopped}" in output, output[-2000:]
+    assert code == 3 and f"continue it with `python train.py resume={stopped}`" in output, output[-2000:]
     row = report.read_ledger(tmp_path / "results.tsv")[-1]
     assert row["status"] == "interrupted" and row["output_dir"] == str(stopped)
     step = int(row["num_steps"])

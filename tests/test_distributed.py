@@ -94,7 +94,7 @@ def test_signal_to_rank_0_then_resume_ends_as_the_straight_run(sig, straight, tm
         assert not [p for p in Path("/proc").glob("[0-9]*") if _is_worker_of(p, stopped)]  # rank 1 died with it
         expected = "resuming at step 21"
     else:
-        assert code == 3 and f"continue it with resume={stopped}" in output, output[-2000:]
+        assert code == 3 and f"continue it with `python train.py resume={stopped}`" in output, output[-2000:]
         step = int(report.read_ledger(tmp_path / "results.tsv")[-1]["num_steps"])
         assert 24 <= step < 28 and "Traceback" not in rank1  # both stopped on that step, rank 1 cleanly
         expected = f"resuming at step {step}"

@@ -46,7 +46,7 @@ def test_ctrl_c_snapshots_the_step_exits_interrupted_and_resumes(tmp_path, cache
     output = proc.stdout.read()
     code = proc.wait(timeout=120)
     assert "received SIGINT: snapshot at the end of this step, then stop" in output, output[-2000:]
-    assert code == 3 and f"continue it with resume={run_dir}" in output, output[-2000:]
+    assert code == 3 and f"continue it with `python train.py resume={run_dir}`" in output, output[-2000:]
     row = report.read_ledger(tmp_path / "results.tsv")[-1]
     assert row["status"] == "interrupted" and row["output_dir"] == str(run_dir)
     step = int(row["num_steps"])
@@ -57,7 +57,10 @@ def test_ctrl_c_snapshots_the_step_exits_interrupted_and_resumes(tmp_path, cache
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming at step {step}" in resumed.stdout
     assert report.parse_summary(resumed.stdout)["num_steps"] == "30"
-    assert report.read_ledger(tmp_path / "results.tsv")[-1]["status"] == "ok"
+    first, last = report.read_ledger(tmp_path / "results.tsv")[-2:]
+    assert last["status"] == "ok"
+    # the resumed row says which run it continued: its experiment and overrides, not `resume=`
+    assert last["experiment"] == first["experiment"] == "quickstart" and last["overrides"] == first["overrides"]
 
 
 def test_a_second_ctrl_c_stops_at_once_without_the_snapshot(tmp_path, cache):

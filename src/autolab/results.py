@@ -305,10 +305,18 @@ def _rate(text) -> str:
 def _what(r: dict, common: frozenset = frozenset()) -> str:
     """What a run tried: its overrides (less the experiment, a column of its own, and those in `common`),
     then its description."""
-    overrides = " ".join(o for o in r.get("overrides", "").split(" ")
+    overrides = " ".join(_short_number(o) for o in r.get("overrides", "").split(" ")
                          if o and o not in common and not o.lstrip("+~").startswith("experiment="))
     description = r.get("description", "")
     return " | ".join(t for t in (overrides, description) if t)
+
+
+_LONG_NUMBER = re.compile(r"(?<==)(-?\d*\.\d{5,}(?:e-?\d+)?)$")
+
+
+def _short_number(override: str) -> str:
+    """key=0.0012520653814999472 (a search's sample) -> key=0.001252: four significant digits to read by."""
+    return _LONG_NUMBER.sub(lambda m: f"{float(m.group(1)):.4g}", override)
 
 
 def _common(rows: list[dict]) -> frozenset:
@@ -602,7 +610,7 @@ def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
     ax.set_xlim(first - 0.5 - (last - first) * 0.02, last + 0.5 + (last - first) * 0.06)  # the crosses too
     ax.set_xlabel("run (row of the ledger)")
     ax.set_ylabel("val_bpb (lower is better)")
-    ax.set_title(f"{ledger.path.name}: {len(selected)} runs, {kept_total} kept improvements")
+    ax.set_title(f"{ledger.path.name}: {len(selected)} runs, {kept_total} new bests")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8, loc="upper right" if not failed else "best")
     fig.tight_layout()

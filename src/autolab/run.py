@@ -90,7 +90,7 @@ def run(cfg: DictConfig, experiment: str = "", identity: dict | None = None) -> 
             if cfg.get("resume"):
                 cfg = _resumed_config(cfg)
                 out = Path(cfg.output_dir)
-                facts["overrides"] = _saved_overrides(out)  # the run's own, not `resume=`
+                facts.update(_saved_identity(out))  # the run's own experiment and overrides, not `resume=`
             check(cfg)  # every value check, before anything is loaded or written
             world = distributed.world_of(cfg.trainer)
             out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def run(cfg: DictConfig, experiment: str = "", identity: dict | None = None) -> 
         except Interrupted as e:  # W&B closed before the requeue: SLURM stops its service process with the job
             requeued = preemption.requeue(before=lambda: _finish_logger({**metrics, "status": "requeued"}))
             status = "requeued" if requeued else "interrupted"
-            then = "requeued: the next attempt continues from the snapshot" if requeued else f"continue it with resume={out}"
+            then = "requeued: the next attempt continues from the snapshot" if requeued else f"continue it with `python train.py resume={out}`"
             print(f"interrupted: {e}, snapshot written; {then}", file=sys.stderr)
         except DivergenceError as e:
             print(f"diverged: {e}", file=sys.stderr)
@@ -487,10 +487,13 @@ def _run_identity() -> dict:
     return identity
 
 
-def _saved_overrides(run_dir: Path) -> list[str]:
-    """The overrides a run dir was started with (Hydra's .hydra/overrides.yaml)."""
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    return provenance.recorded(list(OmegaConf.load(saved))) if saved.exists() else []
+def _saved_identity(run_dir: Path) -> dict:
+    """The experiment and overrides a run dir was started with (Hydra's .hydra/ files there)."""
+    overrides, hydra = run_dir / ".hydra" / "overrides.yaml", run_dir / ".hydra" / "hydra.yaml"
+    identity = {"overrides": provenance.recorded(list(OmegaConf.load(overrides))) if overrides.exists() else []}
+    if hydra.exists():
+        identity["experiment"] = OmegaConf.load(hydra).hydra.runtime.choices.get("experiment") or "default"
+    return identity
 
 
 def _task_overrides() -> list[str]:

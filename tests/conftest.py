@@ -97,6 +97,15 @@ def base_overrides(*overrides: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, cache) -> Path:
+    """The run dir of a finished TINY train.py run of 30 steps (logger=none, a snapshot every 10 steps):
+    checkpoint/ (a trained HF folder), resume/, .hydra/, summary.json. Made once per session and shared:
+    read it, or copy it (shutil.copytree) before writing into it."""
+    args = [*TINY, "trainer.max_steps=30", "trainer.snapshot_every_steps=10", "logger=none"]
+    return train_to_end(tmp_path_factory.mktemp("trained"), cache, args)[1]
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, cache) -> Path:
     """A randomly initialised Llama folder with its OWN byte-level BPE tokenizer (400 tokens),
     as a hub model would come: nothing of autolab's tokenizer in it."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_train, train_to_end
+from conftest import TINY, run_train
 from hydra import compose, initialize_config_dir
 
 import prepare
@@ -302,10 +302,10 @@ def test_checkpoints_that_cannot_be_used_are_refused(case, needle, tmp_path, cac
 # resume=
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cache) -> Path:
-    """A short run with snapshots: the run dir that resume= cases start from."""
-    return train_to_end(tmp_path_factory.mktemp("finished"), cache, [*TINY, "logger=none", "trainer.snapshot_every_steps=2"])[1]
+@pytest.fixture
+def finished_run(trained_run) -> Path:
+    """A short run with snapshots: the run dir that resume= cases start from (the session's, read-only)."""
+    return trained_run
 
 
 def test_resume_with_changed_overrides_is_refused(finished_run, tmp_path, cache):

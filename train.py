@@ -9,13 +9,14 @@ import hydra
 from omegaconf import DictConfig
 
 from autolab.config import concise_errors, register
-from autolab.run import main
 
 register()  # the schema and the const resolver, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def train(cfg: DictConfig) -> int:
+    from autolab.run import main  # torch and Lightning load once the config composed: a refused override answers at once
+
     return main(cfg)
 
 

@@ -1,6 +1,23 @@
-"""Shared fixtures: a real prepared cache (prepare.py's own code) in a temporary folder."""
+"""Shared fixtures and helpers for the tests: a real prepared cache (prepare.py's own code) in a
+temporary folder, and tiny models and runs made once per session.
+
+Fixtures (session-scoped: made once, shared read-only; copy a folder into tmp_path before writing into it):
+- `cache`: the prepared cache (embedded corpora, tokenizer, token shards); AUTOLAB_CACHE points at it.
+- `trained_run`: the run dir of a finished TINY run of 30 steps: checkpoint/ (a trained HF folder), resume/
+  (a snapshot), .hydra/, summary.json. Use it wherever a test needs *a* trained checkpoint or run dir.
+- `tiny_llama`: a random 2-layer Llama folder with its own 400-token BPE tokenizer, as a hub model comes.
+Helpers: `TINY` (the overrides every end-to-end run starts from: quickstart's recipe on a smaller GPT,
+4 steps), `base_overrides(...)` (the same small model for an `experiment:NAME` base), `run_train`,
+`train_to_end`, `start_and_signal`, `same_run`.
+
+Speed (the whole suite is meant to run in minutes on 2 cores): every train.py process costs seconds of
+imports and scores 500 KB of text per domain, so prefer a session fixture to a new run, `TINY`'s few steps
+to a time budget, and one process to several where the CLI itself is not under test. Under pytest-xdist
+(`-n 2 --dist loadfile`) each worker gets its own copy of the cache, prepared once for all.
+"""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +29,30 @@ import prepare
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory) -> Path:
-    """Runs `prepare.main()` once per session into a temp cache and points AUTOLAB_CACHE at it."""
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("AUTOLAB_CACHE")
+def _prepare(path: Path) -> None:
     os.environ["AUTOLAB_CACHE"] = str(path)
     assert prepare.main([]) == 0
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    """Runs `prepare.main()` once per session into a temp cache and points AUTOLAB_CACHE at it.
+    Under pytest-xdist (-n N) the first worker prepares into the run's shared temp folder and every
+    worker copies that into a cache of its own, since some tests write into theirs."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("AUTOLAB_CACHE")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from filelock import FileLock
+
+        shared = tmp_path_factory.getbasetemp().parent / "prepared"
+        with FileLock(str(shared) + ".lock"):
+            if not shared.with_suffix(".done").exists():
+                _prepare(shared)
+                shared.with_suffix(".done").touch()
+        shutil.copytree(shared, path, dirs_exist_ok=True)
+        os.environ["AUTOLAB_CACHE"] = str(path)
+    else:
+        _prepare(path)
     yield path
     if old is None:
         os.environ.pop("AUTOLAB_CACHE", None)
@@ -75,14 +109,34 @@ def run_train(args: list[str], cwd: Path, cache: Path, env: dict | None = None, 
     )
 
 
+# quickstart's GPT made smaller still (0.55M parameters instead of 2.9M; the 8192-token vocabulary stays):
+# every run scores 500 KB of validation text per domain before and after, which on 2 CPU cores costs far
+# more than its few training steps. No test asserts on the model's size or quality beyond "it trained".
+SMALL_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"]
+
 TINY = [  # a few CPU steps of the tiny model: what every end-to-end test starts from
     "+experiment=quickstart",
+    *SMALL_MODEL,
     "trainer.max_steps=4",
     "trainer.log_every=2",
     "data.seq_len=64",
     "data.batch_size=4",
     "eval.batch_size=64",
 ]
+
+
+def base_overrides(*overrides: str) -> str:
+    """`base_overrides=[...]` for an `experiment:NAME` base: the small model, then `overrides`."""
+    return "base_overrides=[" + ",".join(f'"{o}"' for o in [*SMALL_MODEL, *overrides]) + "]"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, cache) -> Path:
+    """The run dir of a finished TINY train.py run of 30 steps (logger=none, a snapshot every 10 steps):
+    checkpoint/ (a trained HF folder), resume/, .hydra/, summary.json. Made once per session and shared:
+    read it, or copy it (shutil.copytree) before writing into it."""
+    args = [*TINY, "trainer.max_steps=30", "trainer.snapshot_every_steps=10", "logger=none"]
+    return train_to_end(tmp_path_factory.mktemp("trained"), cache, args)[1]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_train, same_run, start_and_signal, train_to_end
+from conftest import ROOT, TINY, base_overrides, run_train, same_run, start_and_signal, train_to_end
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import wandb_records
@@ -44,7 +44,7 @@ def test_cpt_of_an_hf_llama_with_its_own_tokenizer(tmp_path, cache, tiny_llama):
 
 
 def test_cpt_replay_experiment_starts_from_a_cached_base(tmp_path, cache):
-    args = [*CPT, "+experiment=cpt_replay", 'base_overrides=["trainer.max_steps=6","data.batch_size=4"]', "logger=none"]
+    args = [*CPT, "+experiment=cpt_replay", base_overrides("trainer.max_steps=6", "data.batch_size=4"), "logger=none"]
     args.remove("+experiment=quickstart")
     r = run_train(args, tmp_path, cache)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -150,7 +150,7 @@ def test_sigterm_snapshots_at_once_and_exits_interrupted(straight, tmp_path, cac
 def test_replay_sweep_ends_with_a_table_and_a_plot(tmp_path, cache):
     ledger = tmp_path / "results.tsv"
     args = ["-m", *CPT, "+experiment=cpt_replay", "+sweeps=replay", "logger=none", "data.batch_size=10",
-            'base_overrides=["trainer.max_steps=6","data.batch_size=4"]', f"ledger={ledger}",
+            base_overrides("trainer.max_steps=6", "data.batch_size=4"), f"ledger={ledger}",
             f"hydra.sweep.dir={tmp_path}/sweep"]
     args.remove("+experiment=quickstart")
     r = run_train(args, ROOT, cache)

@@ -3,13 +3,13 @@
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_train
+from conftest import TINY, base_overrides, run_train
 from transformers import AutoModelForCausalLM
 
 import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes
 from autolab import report
 
-DPO = [*TINY, "stage=dpo", "data=code", "init_from=experiment:quickstart", 'base_overrides=["trainer.max_steps=4","data.seq_len=64","data.batch_size=4"]',
+DPO = [*TINY, "stage=dpo", "data=code", "init_from=experiment:quickstart", base_overrides("trainer.max_steps=4", "data.seq_len=64", "data.batch_size=4"),
        "dpo.batch_size=4", "dpo.eval_batch_size=64", "dpo.max_length=64", "dpo.behaviour_prompts=4",
        "schedule.peak_lr=1e-3", "logger=none"]
 

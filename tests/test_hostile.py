@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_train, train_to_end
+from conftest import TINY, run_train
 from hydra import compose, initialize_config_dir
 
 import prepare
@@ -32,7 +32,7 @@ CONFIG_VALUES = [  # (overrides, what stderr says); each one problem, refused be
     (["data.batch_size=0"], "data.batch_size=0: use 1 or more"),
     (["data.seq_len=0"], "data.seq_len=0: use 1 or more tokens"),
     (["data.seq_len=4096"], "data.seq_len=4096: is longer than the model's model.max_seq_len=256"),
-    (["model.n_head=7"], "model.n_embd=128: must split into model.n_head=7 heads"),
+    (["model.n_head=7"], "model.n_embd=32: must split into model.n_head=7 heads"),
     (["model.n_head=0"], "model.n_head=0: use 1 or more heads"),
     (["model.n_layer=0"], "model.n_layer=0: use 1 or more layers"),
     (["schedule.warmup=2.0"], "schedule.warmup=2.0: is a fraction of the run"),
@@ -302,28 +302,28 @@ def test_checkpoints_that_cannot_be_used_are_refused(case, needle, tmp_path, cac
 # resume=
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cache) -> Path:
-    """A short run with snapshots: the run dir that resume= cases start from."""
-    return train_to_end(tmp_path_factory.mktemp("finished"), cache, [*TINY, "logger=none", "trainer.snapshot_every_steps=2"])[1]
+@pytest.fixture
+def finished_run(trained_run) -> Path:
+    """A short run with snapshots: the run dir that resume= cases start from (the session's, read-only)."""
+    return trained_run
 
 
 def test_resume_with_changed_overrides_is_refused(finished_run, tmp_path, cache):
-    r = run_train([f"resume={finished_run}", "model.n_layer=2"], tmp_path, cache)
+    r = run_train([f"resume={finished_run}", "model.n_layer=1"], tmp_path, cache)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "drop model.n_layer=2" in r.stderr, r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and "drop model.n_layer=1" in r.stderr, r.stderr
     assert report.read_ledger(tmp_path / "results.tsv")[-1]["status"] == "invalid"
 
 
 def test_resume_of_a_snapshot_from_another_model_is_refused(finished_run, tmp_path, cache, ledger, capsys):
     other = tmp_path / "other"
-    r = run_train([*TINY, "logger=none", "model.n_layer=2", "trainer.snapshot_every_steps=2",
+    r = run_train([*TINY, "logger=none", "model.n_layer=1", "trainer.snapshot_every_steps=2",
                    f"hydra.run.dir={other}"], tmp_path, cache)
     assert r.returncode == 0, r.stderr[-2000:]
     run_dir = tmp_path / "mixed"
     shutil.copytree(finished_run, run_dir)
     shutil.rmtree(run_dir / "resume")
-    shutil.copytree(other / "resume", run_dir / "resume")  # weights of a 2-layer model in a 4-layer run
+    shutil.copytree(other / "resume", run_dir / "resume")  # weights of a 1-layer model in a 2-layer run
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     code, out, err = _run([f"resume={run_dir}"], tmp_path, capsys)
     _refused(code, out, err, "the snapshot does not fit this run's model")

@@ -27,13 +27,10 @@ def tool(module: str, args: list[str], cwd: Path, cache: Path, timeout: int = 60
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, cache) -> Path:
-    """A tiny GPT trained for a few CPU steps, as train.py writes it."""
-    cwd = tmp_path_factory.mktemp("trained")
-    r = run_train([*TINY, "trainer.max_steps=30", "logger=none"], cwd, cache)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return Path(report.parse_summary(r.stdout)["output_dir"]) / "checkpoint"
+@pytest.fixture
+def checkpoint(trained_run) -> Path:
+    """A tiny GPT trained for 30 CPU steps, as train.py writes it (the session's, read-only)."""
+    return trained_run / "checkpoint"
 
 
 # --- hooks and the logit lens -------------------------------------------------------------------

@@ -400,7 +400,8 @@ def _skipped(ledger: Ledger) -> str:
 def _repeat_command(r: dict, columns: list[str]) -> str:
     if "overrides" not in columns:
         return "`python train.py <its overrides> seed=1,2,3 -m` (this ledger predates the overrides column)"
-    args = [shlex.quote(o) for o in without_seed(r.get("overrides", "")).split(" ") if o]
+    args = [shlex.quote(o) for o in without_seed(r.get("overrides", "")).split(" ")  # a search's trial: its values,
+            if o and not o.lstrip("+~").startswith(("sweeps=", "hydra/sweeper="))]  # not the search again
     return "`" + " ".join(["python train.py", *args, "seed=1,2,3", "-m"]) + "`"
 
 

@@ -64,10 +64,11 @@ def test_ctrl_c_snapshots_the_step_exits_interrupted_and_resumes(tmp_path, cache
 
 
 def test_a_second_ctrl_c_stops_at_once_without_the_snapshot(tmp_path, cache):
-    """Steps long enough (a batch of 16 rows of 128 tokens, seconds on a CPU) that the second Ctrl-C,
+    """Steps long enough (a 20M-parameter GPT on 32 rows of 256 tokens: seconds on a CPU) that the second Ctrl-C,
     sent as soon as the first is acknowledged, lands before the step and its snapshot are done."""
     run_dir = tmp_path / "run"
-    slow = [*RUN, "data.seq_len=128", "data.batch_size=16", "trainer.log_every=1", f"hydra.run.dir={run_dir}"]
+    slow = [*RUN, "data.seq_len=256", "data.batch_size=32", "model.n_layer=4", "model.n_head=8", "model.n_embd=512",
+            "trainer.log_every=1", f"hydra.run.dir={run_dir}"]  # TINY's model steps too fast for two signals
     proc = _start(slow, tmp_path, cache)
     _read_until(proc, f"step {2:6d}")
     proc.send_signal(signal.SIGINT)

@@ -408,20 +408,24 @@ def _resumed_config(cfg: DictConfig) -> DictConfig:
     return old
 
 
-def _tokens_per_second(budget, parts) -> float | None:
-    """Training tokens a second over the timed steps (what the time budget buys)."""
+def _units_per_second(budget, parts) -> float | None:
+    """Training units (tokens, or pairs for DPO) a second over the timed steps, what the budget buys."""
     timed = budget.steps - budget.untimed_steps
-    if parts.unit != "tokens" or timed <= 0 or budget.training_seconds <= 0:
+    if timed <= 0 or budget.training_seconds <= 0:
         return None
     return timed * parts.per_step / budget.training_seconds
 
 
+def _tokens_per_second(budget, parts) -> float | None:
+    return _units_per_second(budget, parts) if parts.unit == "tokens" else None
+
+
 def _mean_mfu(budget, parts, peak: float | None) -> float | None:
     """Mean MFU over the timed steps; `peak` is the FLOP/s of all the run's devices."""
-    timed = budget.steps - budget.untimed_steps
-    if not peak or not parts.flops_per_unit or timed <= 0 or budget.training_seconds <= 0:
+    rate = _units_per_second(budget, parts)
+    if not peak or not parts.flops_per_unit or rate is None:
         return None
-    return 100 * timed * parts.per_step / budget.training_seconds * parts.flops_per_unit / peak
+    return 100 * rate * parts.flops_per_unit / peak
 
 
 def _build_logger(cfg: DictConfig, wandb_id: str | None = None):

@@ -120,6 +120,7 @@ def test_noise_groups_repeats_and_marks_gaps_within_it(tmp_path, capsys):
     add(ledger, val_bpb=0.98, overrides=f"{base} model.n_embd=384 seed=1")     # 7: other config
     add(ledger, val_bpb=0.91, commit="def5678", status="crash")                # 8: not ok
     add(ledger, val_bpb=0.88, commit="def5678", tokenizer=TOK2)                # 9: another tokenizer
+    add(ledger, val_bpb=1.02, overrides=f"{base} seed=2", description="rerun of row 2")  # 10: bit-identical: not noise
 
     found = results.groups(results.read(ledger).rows)
     assert [[r["row"] for r in g.rows] for g in found] == [[1, 2, 3], [4, 5]]

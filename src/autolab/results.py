@@ -204,11 +204,15 @@ class Noise:
 
 
 def groups(rows: list[dict]) -> list[Group]:
-    """Groups of two or more repeated runs, in the order of their first row."""
+    """Groups of two or more repeated runs, in the order of their first row. A run that reproduced an
+    earlier one bit for bit (the same overrides, seed included, and the same val_bpb: a rerun on the
+    CPU) is left out: it shows the run is deterministic, not how far val_bpb moves between runs."""
     by_key: dict[tuple, list[dict]] = {}
+    seen: set[tuple] = set()
     for r in rows:
         key = group_key(r)
-        if key is not None:
+        if key is not None and (key, r["overrides"], r["val_bpb"]) not in seen:
+            seen.add((key, r["overrides"], r["val_bpb"]))
             by_key.setdefault(key, []).append(r)
     return [Group(k, rs) for k, rs in by_key.items() if len(rs) >= 2]
 

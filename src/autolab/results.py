@@ -8,7 +8,7 @@ needs, at most 120 characters wide:
     python -m autolab.results --best               # the best run of each stage and tokenizer, every fact
     python -m autolab.results --noise              # run-to-run spread of repeated runs
     python -m autolab.results --diff 12 15         # config and code between two runs (numbers or dirs)
-    python -m autolab.results --plot progress.png  # val_bpb over the runs, the kept ones, the running best
+    python -m autolab.results --plot progress.png  # val_bpb over the runs, each new best, the running best
 
 Terms, used by every view:
 - `#` is a row's position in the ledger (1 = the first row under the header; the file's line minus 1).
@@ -558,7 +558,7 @@ def diff_view(ledger: Ledger, a_ref: str, b_ref: str, limit: int = 200) -> list[
 
 def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
     """val_bpb of every run in ledger order, one colour per stage and tokenizer; a run that set a new
-    best at its time is kept (large, labelled), the running best a step line with the noise band
+    best at its time is a new best (large, labelled), the running best a step line with the noise band
     above it; failed runs are crosses along the bottom."""
     import matplotlib
 
@@ -588,7 +588,7 @@ def plot(ledger: Ledger, selected: list[dict], path: Path) -> str:
         ax.scatter([r["row"] for r in rs], [bpb(r) for r in rs], s=14, color=colour, alpha=0.3, zorder=2)
         ax.scatter([r["row"] for r in kept], [bpb(r) for r in kept], s=50, color=colour, edgecolors="black",
                    linewidths=0.6, zorder=4,
-                   label=f"{key[0]} / tokenizer {key[1][:8]}: {len(rs)} runs, {len(kept)} kept{band}")
+                   label=f"{key[0]} / tokenizer {key[1][:8]}: {len(rs)} runs, {len(kept)} new bests{band}")
         xs = [r["row"] for r in kept] + [rs[-1]["row"]]
         ys = [bpb(r) for r in kept] + [bpb(kept[-1])]
         ax.step(xs, ys, where="post", color=colour, linewidth=1.5, zorder=3)

@@ -63,10 +63,10 @@ class Preemption(L.Callback):
         if signum == signal.SIGINT and self.received == signal.SIGINT:  # the second Ctrl-C: stop where we stand
             os.write(2, b"received SIGINT again: stopping at once, without a snapshot of this step\n")  # safe in a handler
             raise KeyboardInterrupt
-        if self.received is None:
+        first, self.received = self.received is None, signum  # noted before the print: a second signal can land inside it
+        if first:
             again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
             print(f"received {signal.Signals(signum).name}: snapshot at the end of this step, then stop{again}", flush=True)
-        self.received = signum
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._install()  # Lightning registered its own SIGTERM handler when fit began

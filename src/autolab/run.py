@@ -409,7 +409,7 @@ def _resumed_config(cfg: DictConfig) -> DictConfig:
 
 
 def _units_per_second(budget, parts) -> float | None:
-    """Training units (tokens, or pairs for DPO) a second over the timed steps, what the budget buys."""
+    """Training units (tokens, or whatever unit the stage counts) a second over the timed steps, what the budget buys."""
     timed = budget.steps - budget.untimed_steps
     if timed <= 0 or budget.training_seconds <= 0:
         return None

@@ -94,9 +94,10 @@ def run(cfg: DictConfig, experiment: str = "", identity: dict | None = None) -> 
             check(cfg)  # every value check, before anything is loaded or written
             world = distributed.world_of(cfg.trainer)
             out.mkdir(parents=True, exist_ok=True)
-            provenance.write_patch(source, out)
+            if not cfg.get("resume"):  # a resumed run's, once its snapshot proved to fit (_fit_and_evaluate)
+                provenance.write_patch(source, out)
             with ExitStack() as ranks:  # the other ranks, when this one starts them: stopped on the way out
-                _fit_and_evaluate(cfg, out, metrics, preemption, facts, world, ranks)
+                _fit_and_evaluate(cfg, out, metrics, preemption, facts, world, ranks, source)
             status = "ok"
         except (UserError, prepare.PrepareError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -155,7 +156,7 @@ def _other_rank(cfg: DictConfig) -> int:
 
 
 def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Preemption, facts: dict,
-                      world: distributed.World, ranks: ExitStack):
+                      world: distributed.World, ranks: ExitStack, source: provenance.Code):
     import lightning as L
 
     from autolab.callbacks import Budget, Curves, Monitor, Snapshots, TimeBudget, peak_flops
@@ -191,6 +192,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         except Exception as e:  # a snapshot copied from another run, or damaged
             raise UserError(f"{snapshot}: the snapshot does not fit this run's model ({first_line(e)}): "
                             "resume the run that wrote it, or start a new one") from None
+        provenance.write_patch(source, out)  # the code that continues the run, as its row records it
     max_len = getattr(model.config, "max_position_embeddings", None) or prepare.MAX_SEQ_LEN
     model.to(device)
     eval_len = min(prepare.MAX_SEQ_LEN, max_len)

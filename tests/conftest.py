@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import forked
 import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,13 +101,11 @@ def same_run(straight, resumed, run_dir: Path) -> None:
 
 
 def run_train(args: list[str], cwd: Path, cache: Path, env: dict | None = None, timeout: int = 600):
-    """Run train.py in a subprocess, as a user would, from `cwd` (where results.tsv lands)."""
+    """Run train.py in a process of its own, as a user would, from `cwd` (where results.tsv lands): a fork of
+    a warm process that has imported torch and Lightning already (tests/forked.py)."""
     full_env = {**os.environ, "AUTOLAB_CACHE": str(cache), "WANDB_SILENT": "true", **(env or {})}
     full_env.pop("WANDB_MODE", None)
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
+    return forked.run([ROOT / "train.py", *args], cwd, full_env, timeout)
 
 
 # quickstart's GPT made smaller still (0.55M parameters instead of 2.9M; the 8192-token vocabulary stays):

@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import forked
 import pytest
 import torch
-from conftest import ROOT, TINY, run_train
+from conftest import run_train
 from transformers import AutoModelForCausalLM
 
 import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes
@@ -22,9 +21,8 @@ from test_models import trained_like_gpt
 
 
 def tool(module: str, args: list[str], cwd: Path, cache: Path, timeout: int = 600):
-    env = {**os.environ, "AUTOLAB_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", f"autolab.{module}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    """`python -m autolab.<module> *args`, in a process of its own (tests/forked.py)."""
+    return forked.run(["-m", f"autolab.{module}", *args], cwd, {**os.environ, "AUTOLAB_CACHE": str(cache)}, timeout)
 
 
 @pytest.fixture

@@ -206,3 +206,65 @@ def test_eager_attention_gives_what_sdpa_gives():
         eager = model(input_ids=x, attention_mask=mask).logits
     torch.testing.assert_close(eager[0, 4:], sdpa[0, 4:], rtol=0, atol=1e-4)
     torch.testing.assert_close(eager[1], sdpa[1], rtol=0, atol=1e-4)
+
+
+def test_lm_eval_scores_a_trained_checkpoint_as_autolab_does(tmp_path, cache, trained_run):
+    """lm-eval 0.4's own `hf` model class (trust_remote_code) on the offline preference task: its
+    accuracies and per-answer log-likelihoods equal ones computed here with autolab's model and tokenizer."""
+    pytest.importorskip("lm_eval")
+    from omegaconf import OmegaConf
+
+    from autolab import lmeval
+
+    n = 24
+    cfg = OmegaConf.create({"init_from": str(trained_run / "checkpoint"), "tasks": lmeval.PREFERENCE_TASK,
+                            "include": None, "limit": n, "num_fewshot": None, "batch_size": 8, "dtype": "float32",
+                            "trust_remote_code": True, "device": "cpu", "seed": 0})
+    res = lmeval.evaluate(cfg, tmp_path)
+    got = lmeval.metrics(res)
+    samples = [json.loads(line) for line in (tmp_path / f"samples_{lmeval.PREFERENCE_TASK}.jsonl").read_text().splitlines()]
+    assert (tmp_path / "results.json").exists() and len(samples) == n
+
+    model = AutoModelForCausalLM.from_pretrained(trained_run / "checkpoint").eval()
+    tok = prepare.Tokenizer.load(trained_run / "checkpoint")
+
+    def loglik(context: str, answer: str) -> float:
+        # lm-eval's split: the context's trailing whitespace (the prompt's newline) moves to the answer, and
+        # the answer's tokens are the whole text's after as many as the context has on its own
+        stripped = context.rstrip()
+        ctx, whole = tok.encode(stripped), tok.encode(stripped + context[len(stripped):] + answer)
+        seq = ctx + whole[len(ctx) :]
+        with torch.no_grad():
+            logps = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0, :-1].float(), -1)
+        return sum(logps[i - 1, seq[i]].item() for i in range(len(ctx), len(seq)))
+
+    acc = acc_norm = 0
+    for row, sample in zip(prepare.load_preferences("val")[:n], samples):
+        chosen, rejected = loglik(row["prompt"], row["chosen"]), loglik(row["prompt"], row["rejected"])
+        assert [r[0][0] for r in sample["resps"]] == pytest.approx([chosen, rejected], abs=1e-3)
+        acc += chosen >= rejected
+        acc_norm += chosen / len(row["chosen"]) >= rejected / len(row["rejected"])
+    assert got[f"{lmeval.PREFERENCE_TASK}/acc"] == acc / n
+    assert got[f"{lmeval.PREFERENCE_TASK}/acc_norm"] == acc_norm / n
+    block = lmeval.summary(res, cfg, tmp_path)
+    assert f"{lmeval.PREFERENCE_TASK}/acc_norm: {acc_norm / n:.6f}" in block.splitlines()
+
+
+def test_lm_eval_config_and_its_bad_input(tmp_path):
+    """conf/lmeval.yaml holds the schema's keys; an unknown task or include folder is one UserError line."""
+    pytest.importorskip("lm_eval")
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+
+    from autolab import lmeval
+    from autolab.errors import UserError
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "lmeval.yaml")
+    assert {f.name for f in fields(lmeval.LmEvalConf)} == set(conf) - {"defaults", "hydra"}
+    cfg = OmegaConf.merge(conf, {"init_from": str(tmp_path / "nowhere"), "tasks": "no_such_task_here"})
+    with pytest.raises(UserError, match="tasks=no_such_task_here: not an lm-eval task"):
+        lmeval.evaluate(cfg, tmp_path)
+    cfg.include = str(tmp_path / "missing")
+    with pytest.raises(UserError, match="no such folder of task YAML files"):
+        lmeval.evaluate(cfg, tmp_path)

@@ -3,7 +3,7 @@
     python benchmarks/generation.py                                   # CPU: the quickstart GPT (2.9M)
     python benchmarks/generation.py --model gpt_50m --batch 4 --new-tokens 64 --rounds 2   # CPU, the default GPT
     python benchmarks/generation.py --model gpt_50m --device cuda --batch 32 --prompt-len 256 --new-tokens 256 \
-        --out benchmarks/results/generation_gpt50m_h100.json          # a GPU (bf16)
+        --out generation_gpt50m_gpu.json                               # a GPU (bf16)
 
 A randomly initialised GPT of the `model` config (`conf/model/<name>.yaml`, vocabulary 8192) generates
 greedily `--new-tokens` tokens after `--batch` random prompts of `--prompt-len` tokens, every token

@@ -4,7 +4,8 @@ our checkpoints and any Hugging Face causal LM alike.
 Prompts go through the model's chat template when it has one (ours: `render_chat`), are left-padded
 into batches of similar length, and sampled with `generate`; each answer stops at the end of the
 assistant's turn or the EOS token. The same prompts, settings and seed give the same answers, in
-whatever order the models are asked.
+whatever order the models are asked. Generation keeps a KV cache (our GPT's and any HF model's): each new
+token costs one token's forward pass (benchmarks/generation.py).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def generate(model, tokenizer, prompts: list[str], sampling: Sampling, device=No
             new = model.generate(
                 batch.to(device), attention_mask=mask.to(device), max_new_tokens=sampling.max_new_tokens,
                 do_sample=not greedy, temperature=None if greedy else sampling.temperature,
-                top_k=sampling.top_k if not greedy else None, top_p=None, pad_token_id=bos,
+                top_k=sampling.top_k if not greedy else None, top_p=None, pad_token_id=bos, use_cache=True,
                 eos_token_id=sorted(stops) or None,
             )[:, width:].tolist()
             for j, i in enumerate(chunk):

@@ -1,33 +1,42 @@
 """The autolab GPT: a small decoder-only transformer as a Hugging Face `PreTrainedModel`.
 
 RMSNorm (Zhang & Sennrich 2019) before each sublayer and on queries/keys (QK-norm, Dehghani et al.
-2023), rotary position embeddings (Su et al. 2021), causal attention through
-`scaled_dot_product_attention`, a ReLU² MLP (So et al. 2021, "Primer"), untied input and output
-embeddings. Optional, as in karpathy/autoresearch: value embeddings (ResFormer, Zhou et al. 2024) on
-every other layer, the last included: a token's own embedding added to its attention values through a
-gate per head, capacity that costs memory and no matmul; a tanh soft cap on the logits (Gemma 2); and
-an x0 skip (modded-nanogpt): each block's input is a_i * x + b_i * x0, with x0 the normed token
-embedding and a_i, b_i learned scalars (1 and 0.1 at the start).
-Because it is a `PreTrainedModel`, `save_pretrained`, `from_pretrained`, `AutoModelForCausalLM`
-(after `autolab.models` registers it) and `generate` all work.
-Training rows are packed documents: attention is causal only. An `attention_mask` with zeros (left
-padding, as batched `generate` makes) also hides the padded keys; rotary attention depends only on
-relative positions, so a left-padded prompt gives what it gives alone.
+2023), rotary position embeddings (Su et al. 2021), causal attention through transformers' attention
+interface (`sdpa` by default; `eager`, flash-attention and serving backends plug in there), a ReLU² MLP
+(So et al. 2021, "Primer"), untied input and output embeddings. Optional, as in karpathy/autoresearch:
+value embeddings (ResFormer, Zhou et al. 2024) on every other layer, the last included: a token's own
+embedding added to its attention values through a gate per head, capacity that costs memory and no
+matmul; a tanh soft cap on the logits (Gemma 2); and an x0 skip (modded-nanogpt): each block's input
+is a_i * x + b_i * x0, with x0 the normed token embedding and a_i, b_i learned scalars (1 and 0.1 at
+the start).
+
+This file imports only torch and transformers: `save_pretrained` copies it beside the weights and names
+it in config.json's `auto_map`, so a checkpoint loads anywhere with
+`AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`; autolab itself registers the
+classes (`autolab.models`) and loads its folders without remote code.
+`generate` keeps keys and values in transformers' cache (`use_cache`, a `DynamicCache`): each new token
+costs one token's forward pass. Training rows are packed documents: attention is causal only. An
+`attention_mask` with zeros (left padding, as batched `generate` makes) also hides the padded keys;
+rotary attention depends only on relative positions, so a left-padded prompt gives what it gives alone.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
-
-from autolab.objectives.lm import lm_loss, soft_cap
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 class GPTConfig(PretrainedConfig):
     model_type = "autolab_gpt"
+    _auto_class = "AutoConfig"  # save_pretrained copies this file beside the weights and names it in auto_map
     attribute_map = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hidden_size": "n_embd"}
 
     def __init__(
@@ -63,6 +72,11 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap) in float32 (Gemma 2's soft cap); cap 0: the logits as they are."""
+    return cap * torch.tanh(logits.float() / cap) if cap else logits
+
+
 class Rotary(nn.Module):
     """cos and sin of the rotary angles of every position, computed once into buffers that are not
     saved (transformers re-creates them through `_init_weights` on loading). Computing them inside
@@ -84,6 +98,14 @@ class Rotary(nn.Module):
         self.cos.copy_(angles.cos())
         self.sin.copy_(angles.sin())
 
+    def tables(self, T: int, past: int, position_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for T new tokens after `past` cached ones: [T, D/2], or [B, 1, T, D/2] by `position_ids`."""
+        if position_ids is not None:
+            return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+        if past + T > self.max_len:
+            raise ValueError(f"sequence of {past + T} tokens > max_position_embeddings={self.max_len}")
+        return self.cos[past : past + T], self.sin[past : past + T]
+
 
 class RMSNorm(nn.Module):
     """The final norm as a module without weights, so hooks and the logit lens can find it."""
@@ -98,14 +120,30 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def eager_attention(module: nn.Module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):
+    """Attention written out (`attn_implementation="eager"`): softmax(q k^T * scaling + mask) v, [B, T, H, D]."""
+    scores = (query @ key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
 GATE_CHANNELS = 32  # the value-embedding gate reads this many channels of the normed input
 
 
 class Block(nn.Module):
+    is_causal = True  # read by transformers' attention functions
+
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         d = cfg.n_embd
+        self.config, self.layer_idx = cfg, layer
         self.n_head = cfg.n_head
+        self.scaling = (d // cfg.n_head) ** -0.5
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.attn_out = nn.Linear(d, d, bias=False)
         self.mlp_in = nn.Linear(d, 4 * d, bias=False)
@@ -118,7 +156,7 @@ class Block(nn.Module):
             self.value_gate.init_std = 0.0  # gates start at 1
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: Cache | None = None, **kwargs) -> torch.Tensor:
         B, T, C = x.shape
         h = rms_norm(x)
         q, k, v = self.qkv(h).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
@@ -127,16 +165,29 @@ class Block(nn.Module):
             v = v + gate.unsqueeze(-1) * self.value_embedding(ids).view_as(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
         q, k = rotary(rms_norm(q), cos, sin), rotary(rms_norm(k), cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, C))
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        impl = self.config._attn_implementation
+        attention = eager_attention if impl in (None, "eager") else ALL_ATTENTION_FUNCTIONS[impl]
+        y, _ = attention(self, q, k, v, mask, scaling=self.scaling, dropout=0.0, **kwargs)  # [B, T, H, D]
+        x = x + self.attn_out(y.reshape(B, T, C))
         return x + self.mlp_out(F.relu(self.mlp_in(rms_norm(x))).square())
+
+
+# transformers 5.x names the cache `cache` (its output field too); 4.x named it `past_key_values`
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+_MASK_TAKES_CACHE = "cache" in inspect.signature(create_causal_mask).parameters
 
 
 class GPT(PreTrainedModel, GenerationMixin):
     config_class = GPTConfig
     base_model_prefix = "gpt"
+    _auto_class = "AutoModelForCausalLM"  # as GPTConfig's: transformers' custom-model convention
     _no_split_modules = ["Block"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     supports_gradient_checkpointing = True  # gradient_checkpointing_enable() recomputes each block
 
     def __init__(self, config: GPTConfig):
@@ -173,11 +224,6 @@ class GPT(PreTrainedModel, GenerationMixin):
                 module.resid_scalars.fill_(1.0)
                 module.x0_scalars.fill_(0.1)
 
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> dict:
-        """No KV cache: `generate` would hand a cache-less model only the newest token, so every step
-        gets the whole sequence (short generations only: the cost grows with the length squared)."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
@@ -188,29 +234,55 @@ class GPT(PreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Cache | None = None,
         labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits for every position; with `labels` (HF convention: labels = input_ids), the loss."""
-        logits = soft_cap(self.lm_head(self.hidden(input_ids, attention_mask)), self.config.logit_softcap)
+        """Logits for every position (the last `logits_to_keep` only, if > 0); with `labels` (HF
+        convention: labels = input_ids, -100 ignored), the mean next-token loss; with `use_cache`, the
+        keys and values of these tokens appended to `cache` (a new `DynamicCache` if none)."""
+        cache = cache if cache is not None else past_key_values
+        kwargs.pop("return_dict", None)  # generate's; the rest goes on to the attention function (serving backends' metadata)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        x = self.hidden(input_ids, attention_mask, position_ids=position_ids, cache=cache, **kwargs)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = soft_cap(self.lm_head(x), self.config.logit_softcap)
         loss = None
         if labels is not None:
-            loss = lm_loss(logits[:, :-1], labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1))
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _mask(self, x: torch.Tensor, attention_mask: torch.Tensor | None, past: int, cache, position_ids):
+        """None where causal attention alone is right (training: packed rows, no padding, no cache; or one new
+        token without padding); otherwise transformers' mask for the attention implementation in use."""
+        T = x.size(1)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if not padded and (past == 0 or T == 1):
+            return None
+        if _MASK_TAKES_CACHE:
+            return create_causal_mask(config=self.config, inputs_embeds=x, attention_mask=attention_mask,
+                                      cache=cache, position_ids=position_ids)
+        return create_causal_mask(config=self.config, input_embeds=x, attention_mask=attention_mask,  # transformers 4.x
+                                  cache_position=torch.arange(past, past + T, device=x.device),
+                                  past_key_values=cache, position_ids=position_ids)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None, cache: Cache | None = None, **kwargs) -> torch.Tensor:
         """The final normed hidden states [B, T, C], what the output head reads (a fused
         head-and-loss kernel takes these and the head's weight instead of the logits)."""
         T = input_ids.size(1)
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):  # padded keys hidden; a pad sees itself (no NaN)
-            keys = attention_mask[:, None, None, :].bool()
-            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-            mask = (causal & keys) | torch.eye(T, dtype=torch.bool, device=input_ids.device)
-        if T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {T} tokens > max_position_embeddings")
-        cos, sin = self.rotary.cos[:T], self.rotary.sin[:T]
+        past = cache.get_seq_length() if cache is not None else 0
+        cos, sin = self.rotary.tables(T, past, position_ids)
         x = x0 = self.wte(input_ids)
+        mask = self._mask(x, attention_mask, past, cache, position_ids)
         if self.x0_scalars is not None:
             x = x0 = rms_norm(x0)
         for i, block in enumerate(self.blocks):
@@ -219,5 +291,6 @@ class GPT(PreTrainedModel, GenerationMixin):
             if self.gradient_checkpointing and self.training:  # activations recomputed in backward
                 x = self._gradient_checkpointing_func(block.__call__, x, input_ids, cos, sin, mask)
             else:
-                x = block(x, input_ids, cos, sin, mask)
+                x = block(x, input_ids, cos, sin, mask, cache, **kwargs)
         return self.norm(x)
+

@@ -4,12 +4,11 @@ on the logits it is taken over (the model's, and the logit lens's readouts)."""
 import torch
 import torch.nn.functional as F
 
+from autolab.models.gpt import soft_cap  # defined with the model: its file imports only torch and transformers
+
+__all__ = ["IGNORE_INDEX", "soft_cap", "lm_loss", "packed_rows_loss"]
+
 IGNORE_INDEX = -1
-
-
-def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
-    """cap * tanh(logits / cap) in float32 (Gemma 2's soft cap); cap 0: the logits as they are."""
-    return cap * torch.tanh(logits.float() / cap) if cap else logits
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,13 @@ from pathlib import Path
 
 import pytest
 
-import forked
-import prepare
+# Under pytest-xdist (-n N) the machine's cores are shared out among the workers before torch starts: every
+# process a worker starts inherits its share, and N workers with all the cores each spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import forked  # noqa: E402  (after the thread count: it starts nothing, but its server inherits the environment)
+import prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

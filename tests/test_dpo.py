@@ -15,8 +15,10 @@ DPO = [*TINY, "stage=dpo", "data=code", "init_from=experiment:quickstart", base_
 
 
 @pytest.mark.parametrize("mode", ["frozen", "precomputed", "none", "lora"])
-def test_dpo_runs_with_each_reference(mode, tmp_path, cache):
+def test_dpo_runs_with_each_reference(mode, tmp_path, cache, preference_file):
     args = [*DPO, "dpo.lora.r=4"] if mode == "lora" else [*DPO, f"dpo.reference={mode}"]
+    if mode == "precomputed":  # it scores every training pair first: 96 of them here, not the embedded ~3,000
+        args.append(f"dpo.dataset={preference_file}")
     r = run_train(args, tmp_path, cache)
     assert r.returncode == 0, r.stderr[-3000:]
     s = report.parse_summary(r.stdout)

@@ -140,7 +140,7 @@ def _other_rank(cfg: DictConfig) -> int:
                 cfg = _resumed_config(cfg)
             check(cfg)
             world = distributed.world_of(cfg.trainer)
-            _fit_and_evaluate(cfg, Path(cfg.output_dir).resolve(), {}, preemption, {}, world, ExitStack())
+            _fit_and_evaluate(cfg, Path(cfg.output_dir).resolve(), {}, preemption, {}, world, ExitStack(), None)
             preemption.raise_if_stopped(0)
         except (UserError, prepare.PrepareError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -156,7 +156,7 @@ def _other_rank(cfg: DictConfig) -> int:
 
 
 def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Preemption, facts: dict,
-                      world: distributed.World, ranks: ExitStack, source: provenance.Code):
+                      world: distributed.World, ranks: ExitStack, source: provenance.Code | None):
     import lightning as L
 
     from autolab.callbacks import Budget, Curves, Monitor, Snapshots, TimeBudget, peak_flops
@@ -192,7 +192,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         except Exception as e:  # a snapshot copied from another run, or damaged
             raise UserError(f"{snapshot}: the snapshot does not fit this run's model ({first_line(e)}): "
                             "resume the run that wrote it, or start a new one") from None
-        provenance.write_patch(source, out)  # the code that continues the run, as its row records it
+        if source is not None:  # rank 0's: the code that continues the run, as its row records it
+            provenance.write_patch(source, out)
     max_len = getattr(model.config, "max_position_embeddings", None) or prepare.MAX_SEQ_LEN
     model.to(device)
     eval_len = min(prepare.MAX_SEQ_LEN, max_len)

@@ -115,10 +115,14 @@ def build(ctx: Context) -> StageParts:
 
 
 def as_reward_model(cfg, model):
-    """The starting causal LM as a one-output sequence classifier (its backbone's weights, a fresh head)."""
+    """The starting causal LM as a one-output sequence classifier (its backbone's weights, a fresh head).
+    The head's start depends on the seed alone, not on what this process drew before (a base experiment
+    trained first draws from the same generator)."""
     from autolab.models import reward_model
 
-    return reward_model(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return reward_model(model)
 
 
 RECIPE = Recipe(build, wrap=as_reward_model)

@@ -71,7 +71,7 @@ except ImportError:
     pass
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 out = {}
 for name, folder in json.loads(sys.argv[2]).items():
@@ -83,6 +83,12 @@ for name, folder in json.loads(sys.argv[2]).items():
         greedy = model.generate(want["ids"][:1, :8], max_new_tokens=8, do_sample=False, pad_token_id=0)
     out[name] = {"module": type(model).__module__, "diff": (logits - want["logits"]).abs().max().item(),
                  "greedy": greedy[0, 8:].tolist(), "ids": tok("def f(x):\n    return x", add_special_tokens=False)["input_ids"]}
+    # the same folder as the start of a reward model (auto_map names both heads): its backbone, a fresh score
+    scorer = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, num_labels=1,
+                                                                pad_token_id=0, dtype=torch.float32).eval()
+    with torch.no_grad():
+        scores = scorer(input_ids=want["ids"]).logits
+    out[name]["scorer"] = [type(scorer).__module__, type(scorer).__name__, list(scores.shape), bool(scores.isfinite().all())]
 print("\nRESULT " + json.dumps(out))
 """
 
@@ -109,7 +115,8 @@ def test_a_checkpoint_loads_where_autolab_is_not_installed(tmp_path, cache, trai
     tok, expect = prepare.Tokenizer.load(), {}
     for name, folder in folders.items():
         assert (folder / "gpt.py").exists() and json.loads((folder / "config.json").read_text())["auto_map"] == {
-            "AutoConfig": "gpt.GPTConfig", "AutoModelForCausalLM": "gpt.GPT"}
+            "AutoConfig": "gpt.GPTConfig", "AutoModelForCausalLM": "gpt.GPT",
+            "AutoModelForSequenceClassification": "gpt.GPTForSequenceClassification"}
         model = AutoModelForCausalLM.from_pretrained(folder).eval()  # autolab: no remote code
         assert type(model) is GPT
         ids = torch.randint(0, 8192, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -130,6 +137,9 @@ def test_a_checkpoint_loads_where_autolab_is_not_installed(tmp_path, cache, trai
         assert got[name]["diff"] <= 1e-5, (name, got[name]["diff"])
         assert got[name]["greedy"] == expect[name]
         assert got[name]["ids"] == tok.encode("def f(x):\n    return x")
+        module, cls, shape, finite = got[name]["scorer"]
+        assert module.startswith("transformers_modules.") and cls == "GPTForSequenceClassification"
+        assert shape == [2, 1] and finite
 
 
 def test_checkpoints_without_code_inside_still_load_in_autolab(tmp_path, cache):

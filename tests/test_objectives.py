@@ -70,3 +70,18 @@ def test_sequence_logps_scores_only_the_response():
     p1 = math.log(math.e / (1 + math.e))
     p0 = math.log(1 / (1 + math.e))
     assert sequence_logps(logits, ids, mask).item() == pytest.approx(p1 + p0, abs=1e-6)
+
+
+def test_reward_loss_is_bradley_terry_with_margin_and_centring():
+    from autolab.objectives import reward_loss, reward_metrics
+
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([0.5, 1.0])
+    # pair 1: d = 1.5; pair 2: d = -1 -> -log s(1.5) = log(1 + e^-1.5) = 0.2014133, -log s(-1) = 1.3132617
+    assert reward_loss(chosen, rejected).tolist() == pytest.approx([0.2014133, 1.3132617], abs=1e-6)
+    # margins 0.5 and -2: d - m = 1 and 1 -> 0.3132617 each
+    assert reward_loss(chosen, rejected, torch.tensor([0.5, -2.0])).tolist() == pytest.approx([0.3132617] * 2, abs=1e-6)
+    # + 0.01 (r_c + r_r)^2: 0.01 * 6.25 = 0.0625, 0.01 * 1 = 0.01
+    centred = reward_loss(chosen, rejected, center_rewards_coefficient=0.01)
+    assert centred.tolist() == pytest.approx([0.2639133, 1.3232617], abs=1e-6)
+    m = {k: v.item() for k, v in reward_metrics(chosen, rejected).items()}
+    assert m == pytest.approx({"accuracy": 0.5, "margin": 0.25, "min_reward": 0.0, "mean_reward": 0.875, "max_reward": 2.0})

@@ -185,7 +185,7 @@ class Curves(L.Callback):
         self.whole = whole  # a sharded model: every rank gathers, rank 0 gets the whole one (others None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.every or self.timer.budget.steps % self.every:
+        if not self.every or not self.evaluators or self.timer.budget.steps % self.every:
             return
         with self.timer.untimed():
             model = self.whole(pl_module.model)

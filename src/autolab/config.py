@@ -130,23 +130,34 @@ class LoraConf:
 
 
 @dataclass
-class DPOConf:
+class PairsConf:
+    """The preference-pair keys every pair stage has (autolab.data.preference)."""
+
     dataset: str = MISSING
     train_split: str = MISSING
     eval_split: Optional[str] = None
     columns: Dict[str, str] = MISSING
-    loss_type: str = MISSING
-    beta: float = MISSING
-    label_smoothing: float = MISSING
-    reference: str = MISSING
-    lora: LoraConf = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     max_length: int = MISSING
     max_prompt_length: Optional[int] = None
     min_response_tokens: int = MISSING
+
+
+@dataclass
+class DPOConf(PairsConf):
+    loss_type: str = MISSING
+    beta: float = MISSING
+    label_smoothing: float = MISSING
+    reference: str = MISSING
+    lora: LoraConf = MISSING
     behaviour_prompts: int = MISSING
     behaviour_tokens: int = MISSING
+
+
+@dataclass
+class RewardConf(PairsConf):
+    center_rewards_coefficient: Optional[float] = None
 
 
 @dataclass
@@ -161,6 +172,7 @@ class TrainConf:
     stage: StageConf = MISSING
     replay: ReplayConf = MISSING
     dpo: Optional[DPOConf] = None  # the DPO stage's keys
+    reward: Optional[RewardConf] = None  # the reward-model stage's keys
     seed: int = MISSING
     init_from: Optional[str] = None
     base_overrides: List[str] = field(default_factory=list)
@@ -261,13 +273,7 @@ def _rules(c: DictConfig):
         yield "dpo.beta", p.beta > 0, "use a positive number (0.1 is usual)"
         yield "dpo.label_smoothing", 0 <= p.label_smoothing < 0.5, "use a number in [0, 0.5)"
         yield "dpo.reference", p.reference in REFERENCES, f"use one of {', '.join(REFERENCES)}"
-        yield "dpo.batch_size", p.batch_size >= 1, "use 1 or more pairs"
-        yield "dpo.eval_batch_size", p.eval_batch_size >= 1, "use 1 or more pairs"
-        yield "dpo.max_length", p.max_length >= 2, "use room for a prompt and a response"
-        yield "dpo.max_prompt_length", p.max_prompt_length is None or 1 <= p.max_prompt_length < p.max_length, \
-            f"use null or fewer tokens than dpo.max_length={p.max_length}"
-        yield "dpo.min_response_tokens", 1 <= p.min_response_tokens < p.max_length, \
-            f"use 1 or more, fewer than dpo.max_length={p.max_length}"
+        yield from _pair_rules(p, "dpo")
         yield "dpo.lora.r", p.lora.r >= 0, "use 0 (off) or a rank, e.g. 8"
         yield "dpo.behaviour_prompts", p.behaviour_prompts >= 0, "use 0 or more"
         yield "dpo.behaviour_tokens", p.behaviour_tokens >= 1, "use 1 or more"
@@ -275,6 +281,24 @@ def _rules(c: DictConfig):
             "precomputed references are not kept for LoRA runs: use frozen (the adapter switched off) or none"
         yield "dpo.reference", t.strategy != "fsdp" or (p.reference != "frozen" and p.lora.r <= 0), \
             "with trainer.strategy=fsdp the reference is not sharded: use precomputed (or none), without LoRA"
+    yield "reward", c.stage.name != "reward" or c.reward is not None, "is missing: the reward stage needs its keys (stage=reward)"
+    if c.stage.name == "reward":
+        p = c.reward
+        yield from _pair_rules(p, "reward")
+        yield "reward.center_rewards_coefficient", p.center_rewards_coefficient is None or p.center_rewards_coefficient >= 0, \
+            "use null (off) or a small positive number (0.01 is usual)"
+        yield "trainer.strategy", t.strategy != "fsdp", "the reward stage does not shard its model: use ddp"
+
+
+def _pair_rules(p: DictConfig, group: str):
+    """The preference-pair keys' rules, for a stage's group of them (dpo, reward)."""
+    yield f"{group}.batch_size", p.batch_size >= 1, "use 1 or more pairs"
+    yield f"{group}.eval_batch_size", p.eval_batch_size >= 1, "use 1 or more pairs"
+    yield f"{group}.max_length", p.max_length >= 2, "use room for a prompt and a response"
+    yield f"{group}.max_prompt_length", p.max_prompt_length is None or 1 <= p.max_prompt_length < p.max_length, \
+        f"use null or fewer tokens than {group}.max_length={p.max_length}"
+    yield f"{group}.min_response_tokens", 1 <= p.min_response_tokens < p.max_length, \
+        f"use 1 or more, fewer than {group}.max_length={p.max_length}"
 
 
 def _is_recipe(name: str) -> bool:

@@ -204,9 +204,6 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
             m, tokenizer, texts, seq_len=eval_len, batch_size=cfg.eval.batch_size, device=device
         )
 
-    domains = {"val_bpb": cfg.data.domain}
-    if cfg.stage.measure_forgetting:
-        domains["replay_val_bpb"] = cfg.replay.domain
     t = cfg.trainer
     budget = Budget(t.time_budget, t.max_steps, t.untimed_steps)
     compiled = device.type == "cuda" if t.compile == "auto" else bool(t.compile)
@@ -218,6 +215,9 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
 
     parts = recipe.build(Context(cfg, model, tokenizer, device, max_len, compiled, common, out, init_path,
                                  initial_model=fresh_model, world=world))
+    domains = {"val_bpb": cfg.data.domain} if parts.lm_measures else {}
+    if cfg.stage.measure_forgetting and parts.lm_measures:
+        domains["replay_val_bpb"] = cfg.replay.domain
     measures = {**{name: bpb(domain) for name, domain in domains.items()}, **parts.measures}
     if restore:
         parts.data.load_state_dict(restore["data"])

@@ -1,4 +1,6 @@
-"""Preference pairs for DPO: load, normalise the formats TRL accepts, tokenize, truncate, batch.
+"""Preference pairs for DPO and the reward model: load, normalise the formats TRL accepts, tokenize,
+truncate, batch. Each stage has the same keys under its own group (`dpo.*`, `reward.*`), which the
+messages name (`group`).
 
 Sources (`dpo.dataset`): `embedded` (prepare.py's set), a local .jsonl/.json/.parquet file or
 folder, or a Hugging Face dataset id (through `datasets`). Formats, as in TRL: standard
@@ -9,11 +11,14 @@ tokenizer's chat template; ours has a simple one of its own). `dpo.columns` maps
 
 Truncation keeps the prompt's end (to `max_prompt_length`, when set) and each response's start
 (to what is left of `max_length`). Bad rows are dropped and counted, never a crash, never silent:
-a missing field, empty text, chosen identical to rejected, a prompt with no room left for a response.
+a missing field, empty text, chosen identical to rejected, a prompt with no room left for a response,
+a margin that is not a number (the reward model reads an optional `margin` column, as TRL does).
 
 Batches: `input_ids` [2B, T] (the B chosen sequences, then the B rejected ones, right-padded: with
 causal attention no real token sees padding), `response_mask` [2B, T], `response_lengths` [2B],
-optional precomputed reference log-probs, and `state` (the position after this batch).
+`margin` [B] (zeros without a margin column), optional precomputed reference log-probs, and `state` (the
+position after this batch). Padding is `pad_id` (0 unless given: the reward model finds each
+sequence's end by its pad token).
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ class Pairs:
     prompt: list[list[int]] = field(default_factory=list)
     chosen: list[list[int]] = field(default_factory=list)
     rejected: list[list[int]] = field(default_factory=list)
+    margin: list[float] = field(default_factory=list)  # r_c - r_r must exceed it (reward model); 0 without a column
     dropped: collections.Counter = field(default_factory=collections.Counter)
 
     def __len__(self) -> int:
         return len(self.prompt)
 
 
-def load_rows(cfg, split: str) -> list[dict]:
-    """Raw rows of one split ("train" or "eval", or "all" of a local file) from the configured source."""
+def load_rows(cfg, split: str, group: str = "dpo") -> list[dict]:
+    """Raw rows of one split ("train" or "eval", or "all" of a local file) from the configured source
+    (`cfg`: the stage's group of keys, named `group` in messages)."""
     source = str(cfg.dataset)
     if source == "embedded":
         return prepare.load_preferences("train" if split == "train" else "val")
@@ -60,7 +67,7 @@ def load_rows(cfg, split: str) -> list[dict]:
             files = sorted(path.rglob("*")) if path.is_dir() else [path]
             files = [str(f) for f in files if f.suffix in (".jsonl", ".json", ".parquet")]
             if not files:
-                raise UserError(f"dpo.dataset={source} holds no .jsonl, .json or .parquet files")
+                raise UserError(f"{group}.dataset={source} holds no .jsonl, .json or .parquet files")
             builder = "parquet" if files[0].endswith(".parquet") else "json"
             ds = datasets.load_dataset(builder, data_files={"rows": files}, split="rows")
         else:
@@ -68,7 +75,7 @@ def load_rows(cfg, split: str) -> list[dict]:
     except UserError:
         raise
     except Exception as e:  # datasets raises many types for unreadable or malformed files
-        raise UserError(f"dpo.dataset={source} (split {name}) could not be loaded: {first_line(e)}") from None
+        raise UserError(f"{group}.dataset={source} (split {name}) could not be loaded: {first_line(e)}") from None
     rows = list(ds)
     if split == "all":
         return rows
@@ -78,7 +85,7 @@ def load_rows(cfg, split: str) -> list[dict]:
             held = {len(rows) - 1}
         rows = [r for i, r in enumerate(rows) if (i in held) == (split != "train")]
     if not rows:
-        raise UserError(f"dpo.dataset={source} has no {'training' if split == 'train' else 'held-out'} rows: "
+        raise UserError(f"{group}.dataset={source} has no {'training' if split == 'train' else 'held-out'} rows: "
                         "give more pairs (local files hold out ~10% by a hash of the row)")
     return rows
 
@@ -107,7 +114,7 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> st
     return "".join(out) + ("<|assistant_start|>" if add_generation_prompt else "")
 
 
-def _as_text(example: dict, tokenizer) -> tuple[str, str, str, bool]:
+def _as_text(example: dict, tokenizer, group: str = "dpo") -> tuple[str, str, str, bool]:
     """(prompt, chosen, rejected, uses special tokens) of one normalised example."""
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
@@ -117,7 +124,7 @@ def _as_text(example: dict, tokenizer) -> tuple[str, str, str, bool]:
             completion = lambda messages: render_chat(messages).removeprefix("<|assistant_start|>")  # noqa: E731
             return prompt, completion(example["chosen"]), completion(example["rejected"]), True
         if not getattr(tokenizer, "chat_template", None):
-            raise UserError("dpo.dataset holds conversational rows but init_from's tokenizer has no chat template: "
+            raise UserError(f"{group}.dataset holds conversational rows but init_from's tokenizer has no chat template: "
                             "use a model with one, or give the rows as plain prompt/chosen/rejected text")
         out = maybe_apply_chat_template(example, tokenizer)
         return out["prompt"], out["chosen"], out["rejected"], True
@@ -168,8 +175,9 @@ def _normalise(row: dict, columns: dict) -> dict:
     return example
 
 
-def tokenize_pairs(rows: list[dict], tokenizer, cfg) -> Pairs:
-    """Tokenize and truncate every row; count what is dropped and why."""
+def tokenize_pairs(rows: list[dict], tokenizer, cfg, group: str = "dpo", margins: bool = False) -> Pairs:
+    """Tokenize and truncate every row; count what is dropped and why. `margins`: read each row's margin
+    (the column `cfg.columns.margin`, else `margin`; 0 where a row has none)."""
     encode, encode_special, bos = _encoder(tokenizer)
     columns = dict(cfg.get("columns") or {})
     out = Pairs()
@@ -177,7 +185,7 @@ def tokenize_pairs(rows: list[dict], tokenizer, cfg) -> Pairs:
     for row in rows:
         try:
             example = _normalise(row, columns)
-            prompt, chosen, rejected, special = _as_text(example, tokenizer)
+            prompt, chosen, rejected, special = _as_text(example, tokenizer, group)
             if not str(chosen).strip() or not str(rejected).strip():
                 raise _Drop("empty_text")
             if chosen == rejected:
@@ -192,28 +200,34 @@ def tokenize_pairs(rows: list[dict], tokenizer, cfg) -> Pairs:
             c, r = enc(chosen)[:room], enc(rejected)[:room]  # keep each response's start
             if c == r:
                 raise _Drop("identical_after_truncation")
+            margin = row.get(columns.get("margin", "margin")) if margins else None
+            if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                       or margin != margin or abs(margin) == float("inf")):
+                raise _Drop("bad_margin")  # not a finite number
         except _Drop as why:
             out.dropped[str(why)] += 1
             continue
         out.prompt.append(p)
         out.chosen.append(c)
         out.rejected.append(r)
+        out.margin.append(float(margin or 0.0))
     if not len(out):
-        raise UserError(f"no usable preference pairs (dropped: {dict(out.dropped)}): check dpo.dataset and dpo.columns")
+        raise UserError(f"no usable preference pairs (dropped: {dict(out.dropped)}): check {group}.dataset and {group}.columns")
     return out
 
 
-def collate(pairs: Pairs, index: list[int], ref: dict | None = None, pad_to: int = 16) -> dict:
-    """One batch of pairs as a concatenated [chosen; rejected] block, right-padded to a multiple of pad_to."""
+def collate(pairs: Pairs, index: list[int], ref: dict | None = None, pad_to: int = 16, pad_id: int = 0) -> dict:
+    """One batch of pairs as a concatenated [chosen; rejected] block, right-padded with pad_id to a multiple of pad_to."""
     seqs = [pairs.prompt[i] + pairs.chosen[i] for i in index] + [pairs.prompt[i] + pairs.rejected[i] for i in index]
     prompt_lens = [len(pairs.prompt[i]) for i in index] * 2
     T = -(-max(len(s) for s in seqs) // pad_to) * pad_to
-    ids = torch.zeros(len(seqs), T, dtype=torch.long)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), T, dtype=torch.long)
     for j, (s, lp) in enumerate(zip(seqs, prompt_lens)):
         ids[j, : len(s)] = torch.tensor(s)
         mask[j, lp : len(s)] = 1
-    batch = {"input_ids": ids, "response_mask": mask, "response_lengths": mask.sum(1).float()}
+    batch = {"input_ids": ids, "response_mask": mask, "response_lengths": mask.sum(1).float(),
+             "margin": torch.tensor([pairs.margin[i] for i in index], dtype=torch.float)}
     if ref is not None:
         idx = torch.tensor(index)
         batch["ref_chosen_logps"], batch["ref_rejected_logps"] = ref["chosen"][idx], ref["rejected"][idx]
@@ -223,17 +237,19 @@ def collate(pairs: Pairs, index: list[int], ref: dict | None = None, pad_to: int
 class PreferenceBatches(torch.utils.data.IterableDataset):
     """Batches of pairs forever, in the seeded epoch order PackedRows uses; resumable like it."""
 
-    def __init__(self, pairs: Pairs, batch_size: int, seed: int = 0, ref: dict | None = None, part: slice = slice(None)):
+    def __init__(self, pairs: Pairs, batch_size: int, seed: int = 0, ref: dict | None = None, part: slice = slice(None),
+                 pad_id: int = 0, group: str = "dpo"):
         if len(pairs) < batch_size:
-            raise UserError(f"{len(pairs)} preference pairs, fewer than one batch of {batch_size}: lower dpo.batch_size")
+            raise UserError(f"{len(pairs)} preference pairs, fewer than one batch of {batch_size}: lower {group}.batch_size")
         self.pairs, self.batch_size, self.ref, self.part = pairs, batch_size, ref, part  # part: this rank's pairs
+        self.pad_id = pad_id
         self.order = EpochOrder(len(pairs), seed)
         self.n_rows = len(pairs)
 
     def __iter__(self):
         while True:
             index = self.order.take(self.batch_size)[self.part].tolist()
-            yield {**collate(self.pairs, index, self.ref), "state": self.state_dict()}
+            yield {**collate(self.pairs, index, self.ref, pad_id=self.pad_id), "state": self.state_dict()}
 
     def state_dict(self) -> dict:
         return self.order.state_dict()

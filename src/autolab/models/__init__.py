@@ -6,17 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import prepare
 from autolab.errors import UserError, first_line
-from autolab.models.gpt import GPT, GPTConfig
+from autolab.models.gpt import GPT, GPTConfig, GPTForSequenceClassification
 
 # Registration only fills transformers' name tables (no I/O, no device work).
 AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
+AutoModelForSequenceClassification.register(GPTConfig, GPTForSequenceClassification, exist_ok=True)
 
-__all__ = ["GPT", "GPTConfig", "build_gpt", "load_pretrained", "flops_per_token", "embedding_tables", "use_attention"]
+__all__ = ["GPT", "GPTConfig", "GPTForSequenceClassification", "build_gpt", "load_pretrained", "flops_per_token",
+           "embedding_tables", "use_attention", "reward_model"]
 
 def use_attention(backend: str) -> None:
     """Pick the kernel of `scaled_dot_product_attention` for this process (our GPT and HF models alike):
@@ -84,6 +86,28 @@ def load_pretrained(source: str):
             f"{n_emb}: keep the tokenizer the model was trained with in the same folder"
         )
     return model, tokenizer
+
+
+def reward_model(lm: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM `lm` as a sequence classifier with one output (a reward model): its backbone's weights
+    (shared, not copied) under the Auto class's sequence-classification head for its config, whose `score`
+    starts fresh; what `AutoModelForSequenceClassification.from_pretrained(lm's folder, num_labels=1)`
+    would give. `config.pad_token_id` says where each sequence ends: set it before batching."""
+    import copy
+
+    config = copy.deepcopy(lm.config)
+    config.num_labels, config.architectures = 1, None
+    try:
+        model = AutoModelForSequenceClassification.from_config(config, dtype=next(lm.parameters()).dtype)
+    except ValueError as e:  # transformers: "Unrecognized configuration class ..."
+        raise UserError(f"{type(lm).__name__} has no sequence-classification class in transformers, so it "
+                        f"cannot be a reward model: {first_line(e)}") from None
+    missing, _ = model.load_state_dict(lm.state_dict(), strict=False, assign=True)  # lm_head: unexpected, left out
+    heads = {name for name, _ in model.named_parameters() if name.split(".")[0] == "score"}
+    if set(missing) - heads:
+        raise UserError(f"{type(lm).__name__}'s weights do not fit {type(model).__name__} (missing "
+                        f"{sorted(set(missing) - heads)[:3]}): it cannot be a reward model here")
+    return model
 
 
 def embedding_tables(model: torch.nn.Module) -> dict[int, torch.Tensor]:

@@ -10,10 +10,15 @@ matmul; a tanh soft cap on the logits (Gemma 2); and an x0 skip (modded-nanogpt)
 is a_i * x + b_i * x0, with x0 the normed token embedding and a_i, b_i learned scalars (1 and 0.1 at
 the start).
 
+Two heads on one backbone: `GPT` (the language model) and `GPTForSequenceClassification` (a score read
+at the last non-pad token: the reward model), whose weights share their names, so either loads a
+checkpoint of the other (the head it lacks starts fresh).
+
 This file imports only torch and transformers: `save_pretrained` copies it beside the weights and names
-it in config.json's `auto_map`, so a checkpoint loads anywhere with
-`AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`; autolab itself registers the
-classes (`autolab.models`) and loads its folders without remote code.
+both heads in config.json's `auto_map`, so a checkpoint loads anywhere with
+`AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` (or
+`AutoModelForSequenceClassification`); autolab itself registers the classes (`autolab.models`) and loads
+its folders without remote code.
 `generate` keeps keys and values in transformers' cache (`use_cache`, a `DynamicCache`): each new token
 costs one token's forward pass. Training rows are packed documents: attention is causal only. An
 `attention_mask` with zeros (left padding, as batched `generate` makes) also hides the padded keys;
@@ -30,7 +35,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
@@ -51,6 +56,7 @@ class GPTConfig(PretrainedConfig):
         logit_softcap: float = 0.0,
         x0_skip: bool = False,
         head_init_std: float = 0.02,
+        pad_token_id: int | None = None,
         **kwargs,
     ):
         if n_embd % n_head or (n_embd // n_head) % 2:
@@ -65,6 +71,7 @@ class GPTConfig(PretrainedConfig):
         self.logit_softcap = logit_softcap  # 0: off
         self.x0_skip = x0_skip
         self.head_init_std = head_init_std  # the output head's N(0, std) at the start; 0: zeros
+        self.pad_token_id = pad_token_id  # GPTForSequenceClassification reads each sequence's last token before it
         super().__init__(**kwargs)
 
 
@@ -182,10 +189,15 @@ _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
 _MASK_TAKES_CACHE = "cache" in inspect.signature(create_causal_mask).parameters
 
 
-class GPT(PreTrainedModel, GenerationMixin):
+_HERE = __name__.rsplit(".", 1)[-1]  # this file's module name, as `auto_map` names it ("gpt")
+
+
+class GPTPreTrainedModel(PreTrainedModel):
+    """What both heads share: the embedding, the blocks and the final norm (the backbone, whose weights keep
+    the same names under either head, so a causal-LM checkpoint loads into the classifier as it is)."""
+
     config_class = GPTConfig
     base_model_prefix = "gpt"
-    _auto_class = "AutoModelForCausalLM"  # as GPTConfig's: transformers' custom-model convention
     _no_split_modules = ["Block"]
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -193,20 +205,24 @@ class GPT(PreTrainedModel, GenerationMixin):
     _supports_attention_backend = True
     supports_gradient_checkpointing = True  # gradient_checkpointing_enable() recomputes each block
 
-    def __init__(self, config: GPTConfig):
-        super().__init__(config)
+    def _backbone(self, config: GPTConfig) -> None:
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = RMSNorm()
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.init_std = config.head_init_std
         self.rotary = Rotary(config.n_embd // config.n_head, config.max_position_embeddings, config.rope_theta)
         self.resid_scalars = self.x0_scalars = None
         if config.x0_skip:  # 1-D: the optimiser runs them with AdamW at optim.scalar_lr_scale; set in _init_weights
             self.resid_scalars = nn.Parameter(torch.empty(config.n_layer))
             self.x0_scalars = nn.Parameter(torch.empty(config.n_layer))
         self.gradient_checkpointing = False
-        self.post_init()
+
+    def save_pretrained(self, *args, **kwargs):
+        # both heads in config.json's auto_map, so with trust_remote_code any of our folders loads as
+        # either one (a supervised checkpoint as the start of a reward model, as TRL's RewardTrainer loads it)
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                "AutoModelForCausalLM": f"{_HERE}.GPT",
+                                "AutoModelForSequenceClassification": f"{_HERE}.GPTForSequenceClassification"}
+        return super().save_pretrained(*args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Linears N(0, 0.02), the input embedding N(0, 1); a layer's own `init_std` wins (Block sets it:
@@ -222,44 +238,13 @@ class GPT(PreTrainedModel, GenerationMixin):
                 nn.init.zeros_(module.weight)
         if isinstance(module, Rotary):
             module.reset()
-        if isinstance(module, GPT) and module.x0_scalars is not None:
+        if isinstance(module, GPTPreTrainedModel) and module.x0_scalars is not None:
             with torch.no_grad():
                 module.resid_scalars.fill_(1.0)
                 module.x0_scalars.fill_(0.1)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        labels: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int = 0,
-        past_key_values: Cache | None = None,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        """Logits for every position (the last `logits_to_keep` only, if > 0); with `labels` (HF
-        convention: labels = input_ids, -100 ignored), the mean next-token loss; with `use_cache`, the
-        keys and values of these tokens appended to `cache` (a new `DynamicCache` if none)."""
-        cache = cache if cache is not None else past_key_values
-        kwargs.pop("return_dict", None)  # generate's; the rest goes on to the attention function (serving backends' metadata)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        x = self.hidden(input_ids, attention_mask, position_ids=position_ids, cache=cache, **kwargs)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        logits = soft_cap(self.lm_head(x), self.config.logit_softcap)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
 
     def _mask(self, x: torch.Tensor, attention_mask: torch.Tensor | None, past: int, cache, position_ids):
         """None where causal attention alone is right (training: packed rows, no padding, no cache; or one new
@@ -297,3 +282,89 @@ class GPT(PreTrainedModel, GenerationMixin):
                 x = block(x, input_ids, cos, sin, mask, cache, **kwargs)
         return self.norm(x)
 
+
+class GPT(GPTPreTrainedModel, GenerationMixin):
+    _auto_class = "AutoModelForCausalLM"  # as GPTConfig's: transformers' custom-model convention
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self._backbone(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.init_std = config.head_init_std
+        self.post_init()
+
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for every position (the last `logits_to_keep` only, if > 0); with `labels` (HF
+        convention: labels = input_ids, -100 ignored), the mean next-token loss; with `use_cache`, the
+        keys and values of these tokens appended to `cache` (a new `DynamicCache` if none)."""
+        cache = cache if cache is not None else past_key_values
+        kwargs.pop("return_dict", None)  # generate's; the rest goes on to the attention function (serving backends' metadata)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        x = self.hidden(input_ids, attention_mask, position_ids=position_ids, cache=cache, **kwargs)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = soft_cap(self.lm_head(x), self.config.logit_softcap)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
+
+
+class GPTForSequenceClassification(GPTPreTrainedModel):
+    """The backbone and a linear `score` head (no bias) read at each sequence's last token that is not
+    `config.pad_token_id`, as transformers' LlamaForSequenceClassification does (left or right padding);
+    with `num_labels=1` it is a reward model. A causal-LM checkpoint loads into it as it is: its
+    `lm_head` is left out and `score` starts at N(0, 0.02)."""
+
+    _auto_class = "AutoModelForSequenceClassification"
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self._backbone(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        """Scores [B, num_labels] of the last non-pad token of each sequence; with `labels`, transformers'
+        loss for the config's problem type (num_labels=1: mean squared error)."""
+        kwargs.pop("return_dict", None)
+        x = self.hidden(input_ids, attention_mask, position_ids=position_ids, **kwargs)
+        B, pad = input_ids.size(0), self.config.pad_token_id
+        if pad is None and B != 1:
+            raise ValueError("Cannot handle batch sizes > 1 if no padding token is defined.")
+        if pad is None:
+            last = torch.full((B,), input_ids.size(1) - 1, device=x.device)
+        else:  # the rightmost token that is not padding
+            positions = torch.arange(input_ids.size(1), device=x.device, dtype=torch.int32)
+            last = (positions * (input_ids != pad).to(x.device, torch.int32)).argmax(-1)
+        logits = self.score(x[torch.arange(B, device=x.device), last])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=logits)

@@ -4,5 +4,6 @@
 
 from autolab.stages.dpo import DPOStage
 from autolab.stages.lm import LMStage
+from autolab.stages.reward import RewardStage
 
-__all__ = ["DPOStage", "LMStage"]
+__all__ = ["DPOStage", "LMStage", "RewardStage"]

@@ -78,3 +78,20 @@ class OptimisedStage(L.LightningModule):
 
     def load_snapshot_state(self, state: dict) -> None:
         pass
+
+
+class PairStage(OptimisedStage):
+    """A stage trained on batches of preference pairs (DPO, the reward model): its `pair_loss(batch)` gives
+    (mean loss, metrics under TRL's names as tensors, (chosen rewards, rejected rewards))."""
+
+    def pair_loss(self, batch: dict) -> tuple[torch.Tensor, dict, tuple]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        self.set_lr()
+        loss, metrics, _ = self.pair_loss(batch)
+        grad_norm = self.optimise(loss)
+        return {"loss": loss.detach(), "grad_norm": grad_norm, "metrics": metrics}
+
+    def extra_metrics(self, outputs: dict) -> dict:
+        return {**super().extra_metrics(outputs), **{f"train/{k}": v.item() for k, v in outputs["metrics"].items()}}

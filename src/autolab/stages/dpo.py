@@ -17,10 +17,10 @@ import torch
 
 from autolab.errors import UserError
 from autolab.objectives import dpo_loss, preference_metrics, sequence_logps
-from autolab.stages.base import OptimisedStage
+from autolab.stages.base import PairStage
 from autolab.stages.recipe import Context, Recipe, StageParts
 
-class DPOStage(OptimisedStage):
+class DPOStage(PairStage):
     def __init__(self, *args, dpo, reference: torch.nn.Module | None = None, compile: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.dpo = dpo
@@ -61,15 +61,6 @@ class DPOStage(OptimisedStage):
         )
         metrics = preference_metrics(chosen_rewards, rejected_rewards, logps[:B], logps[B:])
         return losses.mean(), metrics, (chosen_rewards, rejected_rewards)
-
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
-        self.set_lr()
-        loss, metrics, _ = self.pair_loss(batch)
-        grad_norm = self.optimise(loss)
-        return {"loss": loss.detach(), "grad_norm": grad_norm, "metrics": metrics}
-
-    def extra_metrics(self, outputs: dict) -> dict:
-        return {**super().extra_metrics(outputs), **{f"train/{k}": v.item() for k, v in outputs["metrics"].items()}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class StageParts:
     source: str  # what it trains on, for the start-up line
     measures: dict = field(default_factory=dict)  # name -> fn(model): measured before (from a checkpoint) and after
     finals: Callable[[], dict] = dict  # measured once, after training
+    lm_measures: bool = True  # val_bpb (and its curves) apply: False for a model without an LM head (a reward model)
 
 
 @dataclass

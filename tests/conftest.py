@@ -167,17 +167,3 @@ def tiny_llama(tmp_path_factory, cache) -> Path:
         num_key_value_heads=4, intermediate_size=64, max_position_embeddings=128,
     )).save_pretrained(folder)
     return folder
-
-
-@pytest.fixture(scope="session")
-def preference_file(tmp_path_factory, cache) -> Path:
-    """96 of the embedded preference pairs as a local .jsonl (prompt, chosen, rejected; the DPO stage holds
-    out ~10% of a file by hash): for DPO tests whose subject is not the embedded set itself. A precomputed
-    reference scores every training pair first, a minute of a 2-core machine for the ~3,000 embedded ones."""
-    import json
-
-    path = tmp_path_factory.mktemp("preferences") / "pairs.jsonl"
-    pairs = prepare.load_preferences("train")[:96]
-    path.write_text("".join(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for p in pairs))
-    return path
-

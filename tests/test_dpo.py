@@ -15,10 +15,10 @@ DPO = [*TINY, "stage=dpo", "data=code", "init_from=experiment:quickstart", base_
 
 
 @pytest.mark.parametrize("mode", ["frozen", "precomputed", "none", "lora"])
-def test_dpo_runs_with_each_reference(mode, tmp_path, cache, preference_file):
+def test_dpo_runs_with_each_reference(mode, tmp_path, cache):
     args = [*DPO, "dpo.lora.r=4"] if mode == "lora" else [*DPO, f"dpo.reference={mode}"]
     if mode == "precomputed":  # it scores every training pair first: 96 of them here, not the embedded ~3,000
-        args.append(f"dpo.dataset={preference_file}")
+        args.append("dpo.max_train_pairs=96")
     r = run_train(args, tmp_path, cache)
     assert r.returncode == 0, r.stderr[-3000:]
     s = report.parse_summary(r.stdout)
@@ -36,7 +36,7 @@ def test_dpo_runs_with_each_reference(mode, tmp_path, cache, preference_file):
     model = AutoModelForCausalLM.from_pretrained(Path(s["output_dir"]) / "checkpoint")  # LoRA merged: a plain LM
     assert not any("lora" in name for name, _ in model.named_parameters())
     if mode == "precomputed":
-        assert "reference log-probs: computing" in r.stdout
+        assert f"reference log-probs: computing {s['pairs']} pairs" in r.stdout and 0 < int(s["pairs"]) <= 96
         again = run_train([*args, "dpo.beta=0.5"], tmp_path, cache)  # a beta sweep reuses them
         assert again.returncode == 0 and "reference log-probs: cached" in again.stdout
 

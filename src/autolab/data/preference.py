@@ -52,12 +52,26 @@ class Pairs:
 
 def load_rows(cfg, split: str, group: str = "dpo") -> list[dict]:
     """Raw rows of one split ("train" or "eval", or "all" of a local file) from the configured source
-    (`cfg`: the stage's group of keys, named `group` in messages)."""
+    (`cfg`: the stage's group of keys, named `group` in messages); `max_train_pairs` keeps the first
+    training rows only (the held-out rows stay whole, so runs of any size are measured alike)."""
     source = str(cfg.dataset)
     if source == "embedded":
-        return prepare.load_preferences("train" if split == "train" else "val")
+        rows = prepare.load_preferences("train" if split == "train" else "val")
+    else:
+        rows = _dataset_rows(cfg, split, group)
+    if split == "train" and cfg.get("max_train_pairs"):
+        rows = rows[: cfg.max_train_pairs]
+    if not rows:
+        raise UserError(f"{group}.dataset={source} has no {'training' if split == 'train' else 'held-out'} rows: "
+                        "give more pairs (local files hold out ~10% by a hash of the row)")
+    return rows
+
+
+def _dataset_rows(cfg, split: str, group: str) -> list[dict]:
+    """A local file or folder, or a hub dataset's split, through `datasets`."""
     import datasets
 
+    source = str(cfg.dataset)
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a file it cannot read is one UserError below
     name = cfg.train_split if split == "train" else cfg.eval_split
@@ -84,9 +98,6 @@ def load_rows(cfg, split: str, group: str = "dpo") -> list[dict]:
         if not held and len(rows) >= 2:  # a small set still gets one held-out pair
             held = {len(rows) - 1}
         rows = [r for i, r in enumerate(rows) if (i in held) == (split != "train")]
-    if not rows:
-        raise UserError(f"{group}.dataset={source} has no {'training' if split == 'train' else 'held-out'} rows: "
-                        "give more pairs (local files hold out ~10% by a hash of the row)")
     return rows
 
 

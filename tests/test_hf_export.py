@@ -221,7 +221,6 @@ def test_eager_attention_gives_what_sdpa_gives():
 def test_lm_eval_scores_a_trained_checkpoint_as_autolab_does(tmp_path, cache, trained_run):
     """lm-eval 0.4's own `hf` model class (trust_remote_code) on the offline preference task: its
     accuracies and per-answer log-likelihoods equal ones computed here with autolab's model and tokenizer."""
-    pytest.importorskip("lm_eval")
     from omegaconf import OmegaConf
 
     from autolab import lmeval
@@ -262,7 +261,6 @@ def test_lm_eval_scores_a_trained_checkpoint_as_autolab_does(tmp_path, cache, tr
 
 def test_lm_eval_config_and_its_bad_input(tmp_path):
     """conf/lmeval.yaml holds the schema's keys; an unknown task or include folder is one UserError line."""
-    pytest.importorskip("lm_eval")
     from dataclasses import fields
 
     from omegaconf import OmegaConf

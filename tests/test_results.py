@@ -83,6 +83,13 @@ def test_table_is_narrow_numbered_and_filtered(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --since yesterday: give a row number")
 
 
+@pytest.mark.parametrize("value, shown", [("600", "600"), ("1480", "1.48k"), ("2410.5", "2.41k"), ("23456", "23.5k"),
+                                          ("456000", "456k"), ("999999", "1M"), ("1250000", "1.25M"), ("n/a", "")])
+def test_rates_keep_three_significant_digits(value, shown):
+    """tok/s to three digits: a CPU wave at 1.4k and 2.4k tok/s no longer reads 1k and 2k."""
+    assert results._rate(value) == shown
+
+
 def test_vs_best_compares_the_same_stage_and_tokenizer(tmp_path, capsys):
     ledger = new_ledger(tmp_path / "results.tsv")
     add(ledger, val_bpb=1.00, commit="0000001")                   # 1 (each commit another idea)

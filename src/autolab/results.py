@@ -300,10 +300,14 @@ def _short_time(t: str) -> str:
 
 
 def _rate(text) -> str:
+    """A rate to three significant digits (1.48k, 23.4k, 456k, 1.23M): whole thousands hid 2x gaps on a CPU."""
     v = number(text)
     if v is None:
         return ""
-    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k" if v >= 1e3 else f"{v:.0f}"
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if v >= 0.9995 * scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.0f}"
 
 
 def _what(r: dict, common: frozenset = frozenset()) -> str:

@@ -42,6 +42,8 @@ def test_a_discarded_dirty_run_reruns_to_the_same_config_and_val_bpb(tmp_path, c
     status = git(repo, "status", "--porcelain")
     dry = run_in(repo, cache, ["-m", "autolab.rerun", "1", "--dry-run"])
     assert dry.returncode == 0 and tried[:7] in dry.stdout and "+experiment=mine" in dry.stdout
+    assert "git worktree add --detach <worktree> " in dry.stdout and "git -C <worktree> apply --binary " in dry.stdout
+    assert "PYTHONPATH=src:. python train.py " in dry.stdout  # the steps as a person would type them
     rerun = run_in(repo, cache, ["-m", "autolab.rerun", "1"])
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "the patched tree runs" in rerun.stdout  # the patch's src/ was imported, not the checkout's

@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -113,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                f'description="rerun of {what}"']  # Hydra's quotes: the value may hold colons and slashes
         print(f"rerun: commit {facts['commit']}" + (f" + code.patch {facts['patch']}" if facts.get("patch") else "")
               + f" | {' '.join(overrides) or 'no overrides'} | -> {out}", flush=True)
-        if args.dry_run:
-            print(" ".join(cmd[1:]))
+        if args.dry_run:  # the steps, as a person would type them (the worktree is a new temp dir)
+            saved = original / provenance.PATCH
+            patch = f" && git -C <worktree> apply --binary {saved}" if saved.exists() and saved.stat().st_size else ""
+            print(f"git worktree add --detach <worktree> {facts['commit']}{patch}\n"
+                  f"cd <worktree> && PYTHONPATH=src:. {shlex.join(['python', *cmd[1:]])}")
             return 0
         where = Path(tempfile.mkdtemp(prefix="autolab-rerun-")) / "tree"
         build_worktree(repo, facts["commit"], original / provenance.PATCH, where)

@@ -116,6 +116,18 @@ def test_vs_best_compares_the_same_stage_and_tokenizer(tmp_path, capsys):
     assert view(capsys, ledger, "--best", "--stage", "pretrain", "--since", "6")[1] == "  row: 6"
 
 
+def test_a_rerun_of_the_best_is_not_its_runner_up(tmp_path, capsys):
+    """A bit-for-bit rerun of the best row (python -m autolab.rerun on the CPU) is the same run again: the
+    best still leads the runner-up, not `+0.0000` against its own rerun."""
+    ledger = new_ledger(tmp_path / "results.tsv")
+    best = {"commit": "0000002", "overrides": "+experiment=quickstart seed=1"}
+    add(ledger, val_bpb=0.95, **best)                                    # 1: the best
+    add(ledger, val_bpb=0.97, commit="0000006")                          # 2: the runner-up
+    add(ledger, val_bpb=0.95, **best, description="rerun of row 1")      # 3: row 1 again, bit for bit
+    cells = {int(line.split()[0]): line for line in view(capsys, ledger) if line.split() and line.split()[0].isdigit()}
+    assert "-0.0200" in cells[1] and "+0.0200" in cells[2]
+
+
 def test_noise_groups_repeats_and_marks_gaps_within_it(tmp_path, capsys):
     ledger = new_ledger(tmp_path / "results.tsv")
     base = "+experiment=quickstart schedule.peak_lr=4e-3"

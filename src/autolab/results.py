@@ -211,10 +211,16 @@ def groups(rows: list[dict]) -> list[Group]:
     seen: set[tuple] = set()
     for r in rows:
         key = group_key(r)
-        if key is not None and (key, r["overrides"], r["val_bpb"]) not in seen:
-            seen.add((key, r["overrides"], r["val_bpb"]))
+        if key is not None and _outcome(r) not in seen:
+            seen.add(_outcome(r))
             by_key.setdefault(key, []).append(r)
     return [Group(k, rs) for k, rs in by_key.items() if len(rs) >= 2]
+
+
+def _outcome(r: dict) -> tuple | None:
+    """What a bit-for-bit rerun shares with its run: the group, the overrides (seed included), val_bpb."""
+    key = group_key(r)
+    return None if key is None else (key, r["overrides"], r["val_bpb"])
 
 
 def noise(found: list[Group]) -> dict[tuple[str, str], Noise]:
@@ -230,11 +236,14 @@ def noise(found: list[Group]) -> dict[tuple[str, str], Noise]:
 
 
 def bests(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """The two lowest-val_bpb ok rows of each stage and tokenizer (best first; earlier wins a tie)."""
+    """The two lowest-val_bpb ok rows of each stage and tokenizer (best first; earlier wins a tie). A rerun
+    that reproduced a row of the pair bit for bit is that run again, not a runner-up."""
     top: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if _measured(r):
             pair = top.setdefault(comparable(r), [])
+            if _outcome(r) is not None and any(_outcome(o) == _outcome(r) for o in pair):
+                continue
             if len(pair) < 2 or bpb(r) < bpb(pair[1]):
                 pair.append(r)
                 pair.sort(key=bpb)  # stable: of equal values the earlier row stays first

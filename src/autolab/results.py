@@ -16,7 +16,8 @@ Terms, used by every view:
 - Comparable rows: the same stage and tokenizer. The best: the lowest val_bpb among their `ok` rows.
   `vs best` is a row's val_bpb minus the best *other* comparable row's, over the whole ledger (filters
   choose the rows shown, not what they are compared with): positive, behind the best by that much;
-  negative, the best, ahead of the runner-up by that much.
+  negative, the best, ahead of the runner-up by that much. A bit-for-bit rerun of a row (the same
+  overrides, seed included, the same val_bpb) is that row again, never its runner-up.
 - Noise: runs of the same code and config (same commit, code.patch, overrides except `seed=`, stage
   and tokenizer; status ok; never rows from before the overrides and patch columns) form a group.
   Groups of two or more give the run-to-run std of val_bpb (sample std), pooled over the groups of a

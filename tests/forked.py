@@ -41,7 +41,7 @@ def run(argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.Com
         proc = _context.Process(target=_main, args=(argv, str(cwd), env, str(out), str(err)))
         proc.start()
         proc.join(timeout)
-        if proc.exitcode is None:  # still running: stop it and its children, as subprocess.run's timeout does
+        if proc.exitcode is None:  # still running: kill it, as subprocess.run's timeout does
             proc.kill()
             proc.join()
             raise subprocess.TimeoutExpired(cmd, timeout, out.read_text(), err.read_text())

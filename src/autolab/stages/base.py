@@ -95,3 +95,20 @@ class PairStage(OptimisedStage):
 
     def extra_metrics(self, outputs: dict) -> dict:
         return {**super().extra_metrics(outputs), **{f"train/{k}": v.item() for k, v in outputs["metrics"].items()}}
+
+
+def pair_batches(model: torch.nn.Module, pairs, batch_size: int, device, ref: dict | None = None, pad_id: int = 0):
+    """Every pair once, in order, as batches on `device`, with `model` in eval mode, no gradients, bf16
+    autocast on a GPU, then back in train mode (the pair stages measure before and after training):
+    (number of pairs, batch)."""
+    from autolab.data.preference import collate
+
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            for start in range(0, len(pairs), batch_size):
+                index = list(range(start, min(start + batch_size, len(pairs))))
+                yield len(index), {k: v.to(device) for k, v in collate(pairs, index, ref, pad_id=pad_id).items()}
+    finally:
+        model.train()
+

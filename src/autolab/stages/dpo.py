@@ -17,7 +17,7 @@ import torch
 
 from autolab.errors import UserError
 from autolab.objectives import dpo_loss, preference_metrics, sequence_logps
-from autolab.stages.base import PairStage
+from autolab.stages.base import PairStage, pair_batches
 from autolab.stages.recipe import Context, Recipe, StageParts
 
 class DPOStage(PairStage):
@@ -146,25 +146,10 @@ def _weights_identity(path: str | None) -> str:
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(folder.glob("*.safetensors")))
 
 
-def _pair_batches(stage: DPOStage, pairs, batch_size: int, device, ref: dict | None = None):
-    """Every pair once, in order, as batches on `device`, with the model in eval mode, no gradients,
-    bf16 autocast on a GPU: (number of pairs, batch)."""
-    from autolab.data.preference import collate
-
-    stage.model.eval()
-    try:
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            for start in range(0, len(pairs), batch_size):
-                index = list(range(start, min(start + batch_size, len(pairs))))
-                yield len(index), {k: v.to(device) for k, v in collate(pairs, index, ref).items()}
-    finally:
-        stage.model.train()
-
-
 def reference_logps_for(stage: DPOStage, pairs, batch_size: int, device) -> dict:
     """Reference log-probs of every pair under the stage's current (starting) policy."""
     chosen, rejected = [], []
-    for n, b in _pair_batches(stage, pairs, batch_size, device):
+    for n, b in pair_batches(stage.model, pairs, batch_size, device):
         logps = stage._logps(stage.model, b["input_ids"], b["response_mask"]).float().cpu()
         chosen.append(logps[:n])
         rejected.append(logps[n:])
@@ -204,7 +189,7 @@ def cached_reference(stage: DPOStage, pairs, batch_size: int, device, key: str) 
 def held_out_rewards(stage: DPOStage, pairs, ref: dict | None, batch_size: int, device) -> dict:
     """reward_accuracy and reward_margin over every held-out pair."""
     chosen, rejected = [], []
-    for _, batch in _pair_batches(stage, pairs, batch_size, device, ref):
+    for _, batch in pair_batches(stage.model, pairs, batch_size, device, ref):
         _, _, (c, r) = stage.pair_loss(batch)
         chosen.append(c.float().cpu())
         rejected.append(r.float().cpu())

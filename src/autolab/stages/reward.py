@@ -20,7 +20,7 @@ import torch
 
 from autolab.errors import UserError
 from autolab.objectives import reward_loss, reward_metrics
-from autolab.stages.base import PairStage
+from autolab.stages.base import PairStage, pair_batches
 from autolab.stages.recipe import Context, Recipe, StageParts
 
 
@@ -57,21 +57,11 @@ def pad_id(tokenizer) -> int:
 
 def held_out_rewards(model: torch.nn.Module, pairs, batch_size: int, device, pad: int) -> dict:
     """reward_accuracy and reward_margin over every held-out pair (eval mode, no gradients, bf16 on a GPU)."""
-    from autolab.data.preference import collate
-
     chosen, rejected = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            for start in range(0, len(pairs), batch_size):
-                index = list(range(start, min(start + batch_size, len(pairs))))
-                ids = collate(pairs, index, pad_id=pad)["input_ids"].to(device)
-                c, r = model(input_ids=ids).logits.squeeze(-1).float().cpu().chunk(2)
-                chosen.append(c)
-                rejected.append(r)
-    finally:
-        model.train(was_training)
+    for _, batch in pair_batches(model, pairs, batch_size, device, pad_id=pad):
+        c, r = model(input_ids=batch["input_ids"]).logits.squeeze(-1).float().cpu().chunk(2)
+        chosen.append(c)
+        rejected.append(r)
     c, r = torch.cat(chosen), torch.cat(rejected)
     return {"reward_accuracy": (c > r).float().mean().item(), "reward_margin": (c - r).mean().item()}
 

@@ -27,7 +27,7 @@ def write_corpus(path: Path | str, n_bytes: float, seed: int = 0, doc_bytes: int
     with path.open("w", encoding="utf-8") as f:
         while written < n_bytes:
             words = vocab[rng.choice(len(vocab), size=(64, words_per_doc), p=weights)]
-            for row in words:
+            for row in words.tolist():  # Python strings: joining numpy's str_ items costs 3x as much
                 text = " ".join(row) + ".\n"
                 f.write(json.dumps({"text": text}) + "\n")
                 written += len(text)

@@ -11,6 +11,7 @@ from autolab import report
 
 DPO = [*TINY, "stage=dpo", "data=code", "init_from=experiment:quickstart", base_overrides("trainer.max_steps=4", "data.seq_len=64", "data.batch_size=4"),
        "dpo.batch_size=4", "dpo.eval_batch_size=64", "dpo.max_length=64", "dpo.behaviour_prompts=4",
+       "dpo.max_eval_pairs=64",  # reward_accuracy on 64 held-out pairs, not the embedded 336: runs here compare alike
        "schedule.peak_lr=1e-3", "logger=none"]
 
 
@@ -27,7 +28,7 @@ def test_dpo_runs_with_each_reference(mode, tmp_path, cache):
     for key in ("reward_accuracy", "reward_margin", "preamble_share", "preamble_share_start", "preamble_prob", "val_bpb",
                 "val_bpb_start", "replay_val_bpb", "pairs", "dropped_pairs", "win_rate", "tie_rate", "loss_rate"):
         assert key in s and s[key] != "n/a", key
-    assert 0.0 <= float(s["reward_accuracy"]) <= 1.0
+    assert 0.0 <= float(s["reward_accuracy"]) <= 1.0 and 0 < int(s["held_out_pairs"]) <= 64
     rates = [float(s[k]) for k in ("win_rate", "tie_rate", "loss_rate")]
     assert sum(rates) == pytest.approx(1.0, abs=1e-5) and float(s["win_low"]) <= rates[0] <= float(s["win_high"])
     assert (Path(s["output_dir"]) / "win_rate.png").read_bytes()[:4] == b"\x89PNG"

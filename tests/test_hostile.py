@@ -61,6 +61,7 @@ CONFIG_VALUES = [  # (overrides, what stderr says); each one problem, refused be
     ([*DPO, "init_from=/nowhere", "dpo.loss_type=kto"], "dpo.loss_type=kto: use one of sigmoid, ipo, hinge, robust"),
     ([*DPO, "init_from=/nowhere", "dpo.max_prompt_length=64"], "dpo.max_prompt_length=64: use null or fewer tokens"),
     ([*DPO, "init_from=/nowhere", "dpo.max_train_pairs=0"], "dpo.max_train_pairs=0: use null (all) or 1 or more"),
+    ([*DPO, "init_from=/nowhere", "dpo.max_eval_pairs=0"], "dpo.max_eval_pairs=0: use null (all) or 1 or more"),
     ([*DPO, "init_from=/nowhere", "dpo.reference=policy"], "dpo.reference=policy: use one of frozen, precomputed, none"),
 ]
 

@@ -70,6 +70,7 @@ def test_loss_and_metrics_match_trl_reward_trainer(kind, tiny_llama, tmp_path):
 REWARD = [*TINY, "stage=reward", "data=code", "init_from=experiment:quickstart",
           base_overrides("trainer.max_steps=4", "data.seq_len=64", "data.batch_size=4"),
           "reward.batch_size=4", "reward.eval_batch_size=64", "reward.max_length=64", "schedule.peak_lr=1e-3",
+          "reward.max_eval_pairs=64",
           "trainer.snapshot_every_steps=2", "logger=none"]
 
 
@@ -88,6 +89,7 @@ def test_reward_stage_end_to_end(tmp_path, cache):
                 "dropped_pairs"):
         assert key in s and s[key] != "n/a", key
     assert 0.0 <= float(s["reward_accuracy"]) <= 1.0 and 0.0 <= float(s["reward_accuracy_start"]) <= 1.0
+    assert 0 < int(s["held_out_pairs"]) <= 64  # reward.max_eval_pairs
     assert s["val_bpb"] == "n/a"  # no LM head: nothing scores text
     row = report.read_ledger(tmp_path / "results.tsv")[-1]
     assert row["stage"] == "reward" and row["reward_accuracy"] == s["reward_accuracy"]

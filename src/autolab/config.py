@@ -143,6 +143,7 @@ class PairsConf:
     max_prompt_length: Optional[int] = None
     min_response_tokens: int = MISSING
     max_train_pairs: Optional[int] = None
+    max_eval_pairs: Optional[int] = None
 
 
 @dataclass
@@ -300,7 +301,8 @@ def _pair_rules(p: DictConfig, group: str):
         f"use null or fewer tokens than {group}.max_length={p.max_length}"
     yield f"{group}.min_response_tokens", 1 <= p.min_response_tokens < p.max_length, \
         f"use 1 or more, fewer than {group}.max_length={p.max_length}"
-    yield f"{group}.max_train_pairs", p.get("max_train_pairs") is None or p.max_train_pairs >= 1, "use null (all) or 1 or more"
+    for key in ("max_train_pairs", "max_eval_pairs"):
+        yield f"{group}.{key}", p.get(key) is None or p[key] >= 1, "use null (all) or 1 or more"
 
 
 def _is_recipe(name: str) -> bool:

@@ -71,6 +71,7 @@ LEDGER_COLUMNS = (
     "preamble_prob",
     "preamble_prob_delta",
     "pairs",
+    "held_out_pairs",  # what reward_accuracy and reward_margin were measured on
     "dropped_pairs",
     "status",
     "description",

@@ -53,14 +53,16 @@ class Pairs:
 def load_rows(cfg, split: str, group: str = "dpo") -> list[dict]:
     """Raw rows of one split ("train" or "eval", or "all" of a local file) from the configured source
     (`cfg`: the stage's group of keys, named `group` in messages); `max_train_pairs` keeps the first
-    training rows only (the held-out rows stay whole, so runs of any size are measured alike)."""
+    training rows only, `max_eval_pairs` the first held-out rows (a quick run's measures; runs compare
+    only where both measured the same held-out pairs)."""
     source = str(cfg.dataset)
     if source == "embedded":
         rows = prepare.load_preferences("train" if split == "train" else "val")
     else:
         rows = _dataset_rows(cfg, split, group)
-    if split == "train" and cfg.get("max_train_pairs"):
-        rows = rows[: cfg.max_train_pairs]
+    limit = cfg.get("max_train_pairs" if split == "train" else "max_eval_pairs")
+    if limit:
+        rows = rows[:limit]
     if not rows:
         raise UserError(f"{group}.dataset={source} has no {'training' if split == 'train' else 'held-out'} rows: "
                         "give more pairs (local files hold out ~10% by a hash of the row)")

@@ -106,7 +106,8 @@ def build(ctx: Context) -> StageParts:
 
     def finals() -> dict:
         rewards = held_out_rewards(module, held_out, ref_held_out, d.eval_batch_size, device)
-        return {**rewards, **win_rate(), "pairs": len(train), "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
+        return {**rewards, **win_rate(), "pairs": len(train), "held_out_pairs": len(held_out),
+                "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
 
     def win_rate() -> dict:  # against the starting (SFT) weights, judged by the markers' rule; out/win_rate.png
         if not (prompts and markers):

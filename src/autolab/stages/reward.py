@@ -97,7 +97,8 @@ def build(ctx: Context) -> StageParts:
         return fn
 
     def finals() -> dict:
-        return {"pairs": len(train), "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
+        return {"pairs": len(train), "held_out_pairs": len(held_out),
+                "dropped_pairs": sum((train.dropped + held_out.dropped).values())}
 
     return StageParts(data, module, "pairs", r.batch_size, None, source=f"{r.dataset}, {len(train)} pairs",
                       measures={"reward_accuracy": measure("reward_accuracy"), "reward_margin": measure("reward_margin")},

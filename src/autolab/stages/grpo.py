@@ -142,8 +142,6 @@ def prompt_rows(rows: list[dict], g, tokenizer) -> tuple[list[str], list[dict], 
 def build(ctx: Context) -> StageParts:
     """Prompts (and the columns the rewards read) from grpo.dataset, the rewards, the frozen reference
     when beta != 0, and the held-out reward before and after."""
-    import copy
-
     from autolab import rewards as reward_fns
     from autolab.data.packed import IndexBatches
     from autolab.data.preference import load_rows
@@ -161,8 +159,8 @@ def build(ctx: Context) -> StageParts:
     held, held_columns = held[: g.eval_prompts], held_columns[: g.eval_prompts]
     rewards = reward_fns.load(list(g.reward_funcs), list(g.reward_weights) if g.reward_weights else None, device)
     reference = None
-    if g.beta != 0.0:  # a frozen copy of the starting weights (one more model in memory)
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if g.beta != 0.0:  # the starting weights, loaded again (a resumed run's model holds its snapshot's), frozen
+        reference = ctx.initial_model().to(device).eval().requires_grad_(False)
         if device.type == "cuda":
             reference.to(torch.bfloat16)  # it only runs forward, under autocast: half the memory
     module = GRPOStage(model, grpo=g, prompts=train, columns=columns, rewards=rewards, tokenizer=ctx.tokenizer,

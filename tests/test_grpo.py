@@ -94,7 +94,7 @@ def test_a_reward_that_raises_or_returns_nan_is_one_line_and_the_row_is_written(
 
 @pytest.mark.parametrize("override, needle", [
     ("grpo.num_generations=1", "grpo.num_generations=1: use 2 or more completions a prompt"),
-    ("grpo.reward_funcs=[no_such.reward]", "grpo.reward_funcs: no_such.reward is not a function or a reward model's folder"),
+    ("grpo.reward_funcs=[no_such.reward]", "grpo.reward_funcs=['no_such.reward']: no_such.reward is not a function or a reward model's folder"),
     ("grpo.reward_weights=[1.0,2.0]", "grpo.reward_weights=[1.0, 2.0]: give one weight for each of the 1 grpo.reward_funcs"),
     ("grpo.loss_type=ppo", "grpo.loss_type=ppo: use one of grpo, bnpo, dr_grpo"),
 ])

@@ -130,13 +130,19 @@ class LoraConf:
 
 
 @dataclass
-class PairsConf:
-    """The preference-pair keys every pair stage has (autolab.data.preference)."""
+class DatasetConf:
+    """Where a stage's rows come from (autolab.data.preference.load_rows): the pair stages' and GRPO's."""
 
     dataset: str = MISSING
     train_split: str = MISSING
     eval_split: Optional[str] = None
     columns: Dict[str, str] = MISSING
+
+
+@dataclass
+class PairsConf(DatasetConf):
+    """The preference-pair keys every pair stage has (autolab.data.preference)."""
+
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     max_length: int = MISSING
@@ -162,11 +168,7 @@ class RewardConf(PairsConf):
 
 
 @dataclass
-class GRPOConf:
-    dataset: str = MISSING
-    train_split: str = MISSING
-    eval_split: Optional[str] = None
-    columns: Dict[str, str] = MISSING
+class GRPOConf(DatasetConf):
     chat: str = MISSING
     reward_funcs: List[str] = MISSING
     reward_weights: Optional[List[float]] = None
@@ -327,6 +329,9 @@ def _rules(c: DictConfig):
 def _grpo_rules(g: DictConfig, t: DictConfig):
     yield "grpo.reward_funcs", len(g.reward_funcs) >= 1, \
         "name one reward at least: module.function (e.g. autolab.rewards.copy_match) or a reward model's folder"
+    for name in g.reward_funcs:
+        yield "grpo.reward_funcs", _is_reward(str(name)), f"{name} is not a function or a reward model's folder: name " \
+            "one as module.function (e.g. autolab.rewards.copy_match) or give a stage=reward checkpoint"
     yield "grpo.reward_weights", g.reward_weights is None or len(g.reward_weights) == len(g.reward_funcs), \
         f"give one weight for each of the {len(g.reward_funcs)} grpo.reward_funcs, or null (1 each)"
     yield "grpo.chat", g.chat in CHAT, f"use one of {', '.join(CHAT)}"
@@ -359,6 +364,18 @@ def _pair_rules(p: DictConfig, group: str):
     yield f"{group}.min_response_tokens", 1 <= p.min_response_tokens < p.max_length, \
         f"use 1 or more, fewer than {group}.max_length={p.max_length}"
     yield f"{group}.max_train_pairs", p.get("max_train_pairs") is None or p.max_train_pairs >= 1, "use null (all) or 1 or more"
+
+
+def _is_reward(name: str) -> bool:
+    """A reward GRPO can use: a folder (a reward model's, loaded later) or a callable named module.function."""
+    from hydra.utils import get_object
+
+    if Path(name).expanduser().is_dir():
+        return True
+    try:
+        return callable(get_object(name))
+    except Exception:
+        return False
 
 
 def _is_recipe(name: str) -> bool:

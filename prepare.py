@@ -17,7 +17,8 @@ was interrupted continues after its last written shard when started again with t
 
 Besides the text domains it writes an embedded preference set (`preferences`: prompt, chosen,
 rejected, kind; the rejected answers show behaviours alignment trains away) and a `chat` domain of
-its training pairs as plain text, for a supervised warm start before DPO.
+its training pairs as plain text, for a supervised warm start before DPO; and a verifiable task
+(`tasks`: prompt, answer, kind), prose phrases to repeat, whose answers a function checks (GRPO).
 
 Everything lands in the cache folder ($AUTOLAB_CACHE, default ~/.cache/autolab):
     data/<domain>/{train,val}-NNNNN.parquet   one `id` and one `text` column, one row per document
@@ -63,6 +64,8 @@ SPECIAL_TOKENS = (  # the first one starts every document; the rest are the chat
 )
 PREFERENCES = "preferences"  # the embedded preference set's folder under data/
 CHAT = "chat"  # its training pairs as text documents: "prompt\nresponse"
+TASKS = "tasks"  # the embedded verifiable task's folder under data/ (GRPO's prompts and answers)
+TASK_PROMPT = "Repeat: {}\n"  # a copy task's prompt, around the words to repeat
 REJECTED_PREAMBLES = ("Sure! Here's", "Great question!", "Absolutely! Here is")  # sycophancy markers
 SHARD_BYTES = 64 * 2**20  # text per Parquet shard
 TOKENIZER_TRAIN_BYTES = 32 * 2**20  # text per domain fed to the tokenizer trainer, at most
@@ -295,11 +298,49 @@ def write_preferences() -> dict:
 
 
 def load_preferences(split: str) -> list[dict]:
+    return _load_records(PREFERENCES, split, "preference pairs")
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded verifiable task: prompts whose answers a function checks, the reward GRPO climbs.
+
+_PLAIN_WORD = re.compile(r"[A-Za-z][a-z'-]*,?")
+
+
+def task_examples() -> Iterator[tuple[str, dict]]:
+    """One copy task per distinct opening of a prose paragraph: the prompt asks to repeat its first 3 to
+    6 words (plain words only, the count fixed by a hash of the paragraph's id); the answer is those
+    words. `autolab.rewards.copy_match` scores a completion against it (1.0: an exact copy)."""
+    seen = set()
+    for doc_id, text in embedded_documents("prose"):
+        for p, paragraph in enumerate(text.split("\n\n")):
+            h = int.from_bytes(hashlib.sha256(f"{doc_id}#{p}".encode()).digest()[:4], "little")
+            words = paragraph.split()[: 3 + h % 4]
+            phrase = " ".join(words).rstrip(",")
+            if len(words) < 3 or not all(_PLAIN_WORD.fullmatch(w) for w in words) or phrase in seen:
+                continue
+            seen.add(phrase)
+            yield f"{doc_id}#{p}", {"prompt": TASK_PROMPT.format(phrase), "answer": phrase, "kind": "copy"}
+
+
+def write_tasks() -> dict:
+    """The task set, split by a hash of the answer, so a held-out phrase is never trained on."""
+    examples = list(task_examples())
+    answers = {task_id: ex["answer"] for task_id, ex in examples}
+    return write_domain(TASKS, examples, split_key=answers.__getitem__)
+
+
+def load_tasks(split: str) -> list[dict]:
+    return _load_records(TASKS, split, "tasks")
+
+
+def _load_records(domain: str, split: str, what: str) -> list[dict]:
+    """Every row of a prepared record set's split (the preference pairs, the tasks) as a dict."""
     import pyarrow.parquet as pq
 
-    shards = sorted(data_dir(PREFERENCES).glob(f"{split}-*.parquet"))
+    shards = sorted(data_dir(domain).glob(f"{split}-*.parquet"))
     if not shards:
-        raise PrepareError(f"no prepared preference pairs in {data_dir(PREFERENCES)}: run `python prepare.py`")
+        raise PrepareError(f"no prepared {what} in {data_dir(domain)}: run `python prepare.py`")
     return [row for shard in shards for row in pq.read_table(shard).to_pylist()]
 
 
@@ -685,7 +726,7 @@ def _command(domain: str) -> str:
     """The command that prepares a domain."""
     if domain == SOURCES:
         return "python prepare.py --sources"
-    if domain in (*DOMAINS, CHAT, PREFERENCES):
+    if domain in (*DOMAINS, CHAT, PREFERENCES, TASKS):
         return "python prepare.py"
     return f"python prepare.py --dataset <your dataset> --name {domain}"
 
@@ -809,13 +850,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         domains = list(DOMAINS)
         adding = bool(args.dataset or args.sources)  # the embedded corpora, already made, are kept as they are
-        if adding and all((data_dir(d) / "manifest.json").exists() for d in (*DOMAINS, CHAT, PREFERENCES)):
-            print(f"{', '.join((*DOMAINS, CHAT, PREFERENCES))}: kept (a plain `python prepare.py` makes them again)")
+        if adding and all((data_dir(d) / "manifest.json").exists() for d in (*DOMAINS, CHAT, PREFERENCES, TASKS)):
+            print(f"{', '.join((*DOMAINS, CHAT, PREFERENCES, TASKS))}: kept (a plain `python prepare.py` makes them again)")
         else:
             for domain in DOMAINS:
                 _report(domain, write_domain(domain, embedded_documents(domain)))
             for name, m in write_preferences().items():
                 _report(name, m)
+            _report(TASKS, write_tasks())
         if args.sources:
             _report(SOURCES, write_sources(int(args.max_bytes) if args.max_bytes else None))
             domains.append(SOURCES)

@@ -85,3 +85,49 @@ def test_reward_loss_is_bradley_terry_with_margin_and_centring():
     assert centred.tolist() == pytest.approx([0.2639133, 1.3232617], abs=1e-6)
     m = {k: v.item() for k, v in reward_metrics(chosen, rejected).items()}
     assert m == pytest.approx({"accuracy": 0.5, "margin": 0.25, "min_reward": 0.0, "mean_reward": 0.875, "max_reward": 2.0})
+
+
+def test_group_advantages_subtract_the_group_mean_and_scale_by_its_std():
+    from autolab.objectives import group_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])  # two groups of 4
+    # group 1: mean 0.5, unbiased std sqrt(4 x 0.25 / 3) = 0.5773503 -> +-0.5 / 0.5774503 = +-0.8658758;
+    # group 2: all equal -> 0 (the 1e-4 keeps it finite)
+    expected = torch.tensor([1, -1, -1, 1, 0, 0, 0, 0]) * 0.8658758
+    assert torch.allclose(group_advantages(rewards, 4, "group"), expected, atol=1e-6)
+    assert torch.allclose(group_advantages(rewards, 4, "none"), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    # batch: the group's mean, the batch's std: sqrt(5.5 / 7) = 0.8864053 -> 0.5 / 0.8865053 = 0.5640127
+    expected = torch.tensor([1, -1, -1, 1, 0, 0, 0, 0]) * 0.5640127
+    assert torch.allclose(group_advantages(rewards, 4, "batch"), expected, atol=1e-6)
+
+
+def test_token_logps_and_entropy_at_a_temperature():
+    from autolab.objectives import token_logps_and_entropy
+
+    # logits (2, 0) at temperature 2 -> (1, 0): p = (0.7310586, 0.2689414)
+    logps, entropy = token_logps_and_entropy(torch.tensor([[[2.0, 0.0]]]), torch.tensor([[0]]), temperature=2.0)
+    assert logps.item() == pytest.approx(math.log(0.7310586), abs=1e-6)  # -0.3132617
+    # -(0.7310586 ln 0.7310586 + 0.2689414 ln 0.2689414) = 0.2290162 + 0.3531865 = 0.5822027
+    assert entropy.item() == pytest.approx(0.5822027, abs=1e-6)
+
+
+def test_grpo_loss_clips_the_ratio_and_adds_the_kl():
+    from autolab.objectives import grpo_loss
+
+    # one sequence of two tokens; the first token's ratio e^0.5 = 1.6487213, the second's 1
+    logps, old, mask = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -2.0]]), torch.ones(1, 2)
+    up, m = grpo_loss(logps, old, None, torch.tensor([1.0]), mask, epsilon_low=0.2, epsilon_high=0.2)
+    assert up.item() == pytest.approx(-(1.2 + 1.0) / 2)  # A > 0: the ratio is clipped at 1.2
+    assert m["clip_ratio/high_mean"].item() == 0.5 and m["clip_ratio/low_mean"].item() == 0.0
+    down, m = grpo_loss(logps, old, None, torch.tensor([-1.0]), mask, epsilon_low=0.2, epsilon_high=0.2)
+    assert down.item() == pytest.approx((1.6487213 + 1.0) / 2, abs=1e-6)  # A < 0: min keeps the unclipped 1.65
+    assert m["clip_ratio/region_mean"].item() == 0.0
+    dr, _ = grpo_loss(logps, old, None, torch.tensor([1.0]), mask, loss_type="dr_grpo", max_completion_length=4)
+    assert dr.item() == pytest.approx(-(1.2 + 1.0) / 4)  # the sum over tokens / (1 sequence x 4)
+    # KL alone (A = 0, on-policy): reference (-1, -1): k3 per token 0 and e^1 - 1 - 1 = 0.7182818; mean 0.3591409
+    kl_loss, m = grpo_loss(logps, None, torch.tensor([[-1.0, -1.0]]), torch.tensor([0.0]), mask, beta=0.5)
+    assert m["kl"].item() == pytest.approx(0.3591409, abs=1e-6) and kl_loss.item() == pytest.approx(0.1795705, abs=1e-6)
+    # bnpo: the mean over every token of the batch (a second sequence of one token, A = 2, ratio 1: -2)
+    two = grpo_loss(torch.tensor([[-1.0, -2.0], [-1.0, 0.0]]), torch.tensor([[-1.5, -2.0], [-1.0, 0.0]]), None,
+                    torch.tensor([1.0, 2.0]), torch.tensor([[1.0, 1.0], [1.0, 0.0]]), loss_type="bnpo")[0]
+    assert two.item() == pytest.approx((-1.2 - 1.0 - 2.0) / 3)

@@ -101,7 +101,7 @@ class Monitor(L.Callback):
         per_step: int,
         flops_per_unit: float | None,
         peak: float | None,
-        max_loss_ratio: float = 2.0,
+        max_loss_ratio: float | None = 2.0,
         unit: str = "tokens",
     ):
         self.budget, self.every, self.unit = budget, every, unit
@@ -124,8 +124,9 @@ class Monitor(L.Callback):
         mean = trainer.strategy.reduce(self._sum / self._n, reduce_op="mean").item()  # over every rank's rows
         host = {f"train/{k}": v / self._n for k, v in self._host.items()}
         self._sum, self._n, self._host = None, 0, {}
-        if not math.isfinite(mean) or (
-            self.reference_loss is not None and mean > self.max_loss_ratio * self.reference_loss
+        if not math.isfinite(mean) or (  # max_loss_ratio None: a loss without a scale, only NaN stops it
+            self.reference_loss is not None and self.max_loss_ratio is not None
+            and mean > self.max_loss_ratio * self.reference_loss
         ):
             raise DivergenceError(
                 f"training loss {mean:.4g} at step {self.budget.steps} is not finite or exploded "
@@ -140,7 +141,7 @@ class Monitor(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self.budget.steps)
         if trainer.is_global_zero:
-            self._print(metrics, final=trainer.should_stop)
+            self._print(metrics, final=trainer.should_stop, shown=getattr(pl_module, "progress_keys", ()))
 
     def _rates(self) -> dict:
         timed = max(self.budget.steps - self.budget.untimed_steps, 0)
@@ -154,12 +155,14 @@ class Monitor(L.Callback):
             out["perf/mfu_percent"] = 100 * rate * self.flops_per_unit / self.peak
         return out
 
-    def _print(self, m: dict, final: bool) -> None:
+    def _print(self, m: dict, final: bool, shown: tuple = ()) -> None:
+        """`shown`: more of the logged values for the line (a stage's `progress_keys`, e.g. GRPO's train/reward)."""
         b = self.budget
         total = f"{b.max_steps} steps" if b.max_steps else f"{b.seconds:.0f}s"
         mfu = f"mfu {m['perf/mfu_percent']:.1f}% | " if "perf/mfu_percent" in m else ""
+        extra = "".join(f"{k.rsplit('/', 1)[-1]} {m[k]:.4f} | " for k in shown if k in m)
         line = (
-            f"step {b.steps:6d} | loss {m['train/loss']:.4f} | lr {m['train/lr']:.2e} | "
+            f"step {b.steps:6d} | loss {m['train/loss']:.4f} | {extra}lr {m['train/lr']:.2e} | "
             f"{m.get(f'perf/{self.unit}_per_sec', 0):9,.0f} {'tok' if self.unit == 'tokens' else self.unit}/s | {mfu}"
             f"{b.training_seconds:6.1f}s of {total} ({b.progress():4.0%})"
         )

@@ -130,13 +130,19 @@ class LoraConf:
 
 
 @dataclass
-class PairsConf:
-    """The preference-pair keys every pair stage has (autolab.data.preference)."""
+class DatasetConf:
+    """Where a stage's rows come from (autolab.data.preference.load_rows): the pair stages' and GRPO's."""
 
     dataset: str = MISSING
     train_split: str = MISSING
     eval_split: Optional[str] = None
     columns: Dict[str, str] = MISSING
+
+
+@dataclass
+class PairsConf(DatasetConf):
+    """The preference-pair keys every pair stage has (autolab.data.preference)."""
+
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     max_length: int = MISSING
@@ -163,6 +169,28 @@ class RewardConf(PairsConf):
 
 
 @dataclass
+class GRPOConf(DatasetConf):
+    chat: str = MISSING
+    reward_funcs: List[str] = MISSING
+    reward_weights: Optional[List[float]] = None
+    batch_size: int = MISSING
+    num_generations: int = MISSING
+    max_completion_length: int = MISSING
+    temperature: float = MISSING
+    top_k: int = MISSING
+    beta: float = MISSING
+    epsilon: float = MISSING
+    epsilon_high: Optional[float] = None
+    loss_type: str = MISSING
+    scale_rewards: str = MISSING
+    num_iterations: int = MISSING
+    use_bias_correction_kl: bool = MISSING
+    entropy_floor: float = MISSING
+    eval_prompts: int = MISSING
+    eval_batch_size: int = MISSING
+
+
+@dataclass
 class TrainConf:
     model: ModelConf = MISSING
     data: DataConf = MISSING
@@ -175,6 +203,7 @@ class TrainConf:
     replay: ReplayConf = MISSING
     dpo: Optional[DPOConf] = None  # the DPO stage's keys
     reward: Optional[RewardConf] = None  # the reward-model stage's keys
+    grpo: Optional[GRPOConf] = None  # the GRPO stage's keys
     seed: int = MISSING
     init_from: Optional[str] = None
     base_overrides: List[str] = field(default_factory=list)
@@ -198,6 +227,9 @@ MUON_COEFFICIENTS = ("jordan", "polar_express")  # autolab.optim.COEFFICIENTS' k
 ATTENTION = ("auto", "flash", "cudnn", "efficient")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 REFERENCES = ("frozen", "precomputed", "none")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")  # autolab.objectives.grpo's (that module loads torch)
+SCALE_REWARDS = ("group", "batch", "none")
+CHAT = ("off", "auto", "required")
 
 
 def check(cfg: DictConfig) -> None:
@@ -290,6 +322,37 @@ def _rules(c: DictConfig):
         yield "reward.center_rewards_coefficient", p.center_rewards_coefficient is None or p.center_rewards_coefficient >= 0, \
             "use null (off) or a small positive number (0.01 is usual)"
         yield "trainer.strategy", t.strategy != "fsdp", "the reward stage does not shard its model: use ddp"
+    yield "grpo", c.stage.name != "grpo" or c.grpo is not None, "is missing: the grpo stage needs its keys (stage=grpo)"
+    if c.stage.name == "grpo":
+        yield from _grpo_rules(c.grpo, t)
+
+
+def _grpo_rules(g: DictConfig, t: DictConfig):
+    yield "grpo.reward_funcs", len(g.reward_funcs) >= 1, \
+        "name one reward at least: module.function (e.g. autolab.rewards.copy_match) or a reward model's folder"
+    for name in g.reward_funcs:
+        yield "grpo.reward_funcs", _is_reward(str(name)), f"{name} is not a function or a reward model's folder: name " \
+            "one as module.function (e.g. autolab.rewards.copy_match) or give a stage=reward checkpoint"
+    yield "grpo.reward_weights", g.reward_weights is None or len(g.reward_weights) == len(g.reward_funcs), \
+        f"give one weight for each of the {len(g.reward_funcs)} grpo.reward_funcs, or null (1 each)"
+    yield "grpo.chat", g.chat in CHAT, f"use one of {', '.join(CHAT)}"
+    yield "grpo.batch_size", g.batch_size >= 1, "use 1 or more prompts a step"
+    yield "grpo.num_generations", g.num_generations >= 2, "use 2 or more completions a prompt (the group's mean is the baseline)"
+    yield "grpo.max_completion_length", g.max_completion_length >= 1, "use 1 or more tokens"
+    yield "grpo.temperature", g.temperature > 0, "use a positive temperature (1.0 samples the policy as it is)"
+    yield "grpo.top_k", g.top_k >= 0, "use 0 (the whole vocabulary) or more"
+    yield "grpo.beta", g.beta >= 0, "use 0 (no reference, no KL term) or a positive number (0.04 is usual)"
+    yield "grpo.epsilon", 0 < g.epsilon < 1, "use a number in (0, 1) (0.2 is usual)"
+    yield "grpo.epsilon_high", g.epsilon_high is None or g.epsilon_high > 0, "use null (= grpo.epsilon) or a positive number"
+    yield "grpo.loss_type", g.loss_type in GRPO_LOSS_TYPES, f"use one of {', '.join(GRPO_LOSS_TYPES)}"
+    yield "grpo.scale_rewards", g.scale_rewards in SCALE_REWARDS, f"use one of {', '.join(SCALE_REWARDS)}"
+    yield "grpo.num_iterations", g.num_iterations >= 1, "use 1 or more updates a batch of completions"
+    yield "grpo.num_iterations", g.num_iterations == 1 or t.devices * t.num_nodes == 1, \
+        "use 1 with several processes (DDP takes one backward a step)"
+    yield "grpo.entropy_floor", g.entropy_floor >= 0, "use 0 (no warning) or a positive number of nats"
+    yield "grpo.eval_prompts", g.eval_prompts >= 1, "use 1 or more held-out prompts"
+    yield "grpo.eval_batch_size", g.eval_batch_size >= 1, "use 1 or more prompts a generate call"
+    yield "trainer.strategy", t.strategy != "fsdp", "the grpo stage samples from a whole model: use ddp"
 
 
 def _pair_rules(p: DictConfig, group: str):
@@ -303,6 +366,18 @@ def _pair_rules(p: DictConfig, group: str):
         f"use 1 or more, fewer than {group}.max_length={p.max_length}"
     for key in ("max_train_pairs", "max_eval_pairs"):
         yield f"{group}.{key}", p.get(key) is None or p[key] >= 1, "use null (all) or 1 or more"
+
+
+def _is_reward(name: str) -> bool:
+    """A reward GRPO can use: a folder (a reward model's, loaded later) or a callable named module.function."""
+    from hydra.utils import get_object
+
+    if Path(name).expanduser().is_dir():
+        return True
+    try:
+        return callable(get_object(name))
+    except Exception:
+        return False
 
 
 def _is_recipe(name: str) -> bool:

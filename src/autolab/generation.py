@@ -62,12 +62,26 @@ def _codec(tokenizer):
     return encode, (lambda ids: tokenizer.decode(ids, skip_special_tokens=True)), bos, stops
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], sampling: Sampling, device=None, progress: str | None = None) -> list[str]:
     """One completion per prompt (already formatted: see `chat_prompt`), in the prompts' order."""
+    return [decode_completion(tokenizer, ids) for ids in sample_ids(model, tokenizer, prompts, sampling, device, progress)[1]]
+
+
+def decode_completion(tokenizer, ids: list[int]) -> str:
+    """A completion's text (sample_ids' tokens): without the stop token that ended it, stripped."""
+    _, decode, _, stops = _codec(tokenizer)
+    return decode(ids[:-1] if ids and ids[-1] in stops else ids).strip()
+
+
+@torch.no_grad()
+def sample_ids(model, tokenizer, prompts: list[str], sampling: Sampling, device=None, progress: str | None = None
+               ) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, completion ids) of one completion per prompt, in the prompts' order: each prompt's
+    tokens (BOS first) and the tokens sampled after it, up to and including the first stop token (the
+    end of the assistant's turn, EOS) where one came within max_new_tokens."""
     if not prompts:
-        return []
-    encode, decode, bos, stops = _codec(tokenizer)
+        return [], []
+    encode, _, bos, stops = _codec(tokenizer)
     device = device or next(model.parameters()).device
     ids = [[bos] + encode(p) for p in prompts]
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -76,7 +90,7 @@ def generate(model, tokenizer, prompts: list[str], sampling: Sampling, device=No
         raise UserError(f"a prompt of {longest} tokens + {sampling.max_new_tokens} new ones exceeds the model's "
                         f"{limit} positions: shorten the prompts or lower max_new_tokens")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: little padding
-    out: list[str] = [""] * len(ids)
+    out: list[list[int]] = [[] for _ in ids]
     rng = torch.get_rng_state()
     torch.manual_seed(sampling.seed)
     was_training = model.training
@@ -104,8 +118,7 @@ def generate(model, tokenizer, prompts: list[str], sampling: Sampling, device=No
             )[:, width:].tolist()
             for j, i in enumerate(chunk):
                 tokens = new[j]
-                cut = next((k for k, t in enumerate(tokens) if t in stops), len(tokens))
-                out[i] = decode(tokens[:cut]).strip()
+                out[i] = tokens[: next((k + 1 for k, t in enumerate(tokens) if t in stops), len(tokens))]
             if bar:
                 bar.update(len(chunk))
     finally:
@@ -113,4 +126,4 @@ def generate(model, tokenizer, prompts: list[str], sampling: Sampling, device=No
             bar.close()
         model.train(was_training)
         torch.set_rng_state(rng)
-    return out
+    return ids, out

@@ -70,6 +70,12 @@ LEDGER_COLUMNS = (
     "preamble_prob_start",  # its exact expectation: mean P(a preamble | prompt)
     "preamble_prob",
     "preamble_prob_delta",
+    "reward_start",  # GRPO: the mean reward of a sampled completion of each held-out prompt, before and after
+    "reward",
+    "reward_delta",
+    "entropy",  # GRPO: the policy's mean entropy (nats a token) at the last step
+    "prompts",
+    "dropped_prompts",
     "pairs",
     "held_out_pairs",  # what reward_accuracy and reward_margin were measured on
     "dropped_pairs",

@@ -242,7 +242,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     timer = TimeBudget(budget)
     peak = peak_flops(device)
     peak = peak * world.size if peak else None  # all the run's devices
-    monitor = Monitor(budget, t.log_every, parts.per_step, parts.flops_per_unit, peak, t.max_loss_ratio, unit=parts.unit)
+    monitor = Monitor(budget, t.log_every, parts.per_step, parts.flops_per_unit, peak,
+                      t.max_loss_ratio if parts.loss_has_scale else None, unit=parts.unit)
     if restore:
         monitor.load_state_dict(restore["monitor"])
     logger = _build_logger(cfg, wandb_id=restore["wandb_id"] if restore else None) if world.main else None

@@ -146,3 +146,25 @@ class EpochOrder:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index = state["epoch"], state["index"]
         self._order = self._permutation(self.epoch)
+
+
+class IndexBatches(torch.utils.data.IterableDataset):
+    """Batches of items 0..n-1 forever, `batch_size` a step in EpochOrder (this rank's `part` of each),
+    each made by `make(indices)`, with the position after it (`state`): resumable. The preference pairs'
+    and GRPO's prompts' batches."""
+
+    def __init__(self, n: int, batch_size: int, make, seed: int = 0, part: slice = slice(None)):
+        self.batch_size, self.make, self.part = batch_size, make, part
+        self.order = EpochOrder(n, seed)
+        self.n_rows = n
+
+    def __iter__(self):
+        while True:
+            index = self.order.take(self.batch_size)[self.part].tolist()
+            yield {**self.make(index), "state": self.state_dict()}
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)

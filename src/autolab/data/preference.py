@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import prepare
-from autolab.data.packed import EpochOrder
+from autolab.data.packed import IndexBatches
 from autolab.errors import UserError, first_line
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -50,14 +50,15 @@ class Pairs:
         return len(self.prompt)
 
 
-def load_rows(cfg, split: str, group: str = "dpo") -> list[dict]:
+def load_rows(cfg, split: str, group: str = "dpo", embedded=None) -> list[dict]:
     """Raw rows of one split ("train" or "eval", or "all" of a local file) from the configured source
-    (`cfg`: the stage's group of keys, named `group` in messages); `max_train_pairs` keeps the first
+    (`cfg`: the stage's group of keys, named `group` in messages; `embedded`: what `dataset=embedded`
+    loads by split, prepare.py's preference pairs unless given); `max_train_pairs` keeps the first
     training rows only, `max_eval_pairs` the first held-out rows (a quick run's measures; runs compare
-    only where both measured the same held-out pairs)."""
+    only where both measured the same held-out rows)."""
     source = str(cfg.dataset)
     if source == "embedded":
-        rows = prepare.load_preferences("train" if split == "train" else "val")
+        rows = (embedded or prepare.load_preferences)("train" if split == "train" else "val")
     else:
         rows = _dataset_rows(cfg, split, group)
     limit = cfg.get("max_train_pairs" if split == "train" else "max_eval_pairs")
@@ -65,7 +66,7 @@ def load_rows(cfg, split: str, group: str = "dpo") -> list[dict]:
         rows = rows[:limit]
     if not rows:
         raise UserError(f"{group}.dataset={source} has no {'training' if split == 'train' else 'held-out'} rows: "
-                        "give more pairs (local files hold out ~10% by a hash of the row)")
+                        "give more rows (local files hold out ~10% by a hash of the row)")
     return rows
 
 
@@ -247,28 +248,15 @@ def collate(pairs: Pairs, index: list[int], ref: dict | None = None, pad_to: int
     return batch
 
 
-class PreferenceBatches(torch.utils.data.IterableDataset):
+class PreferenceBatches(IndexBatches):
     """Batches of pairs forever, in the seeded epoch order PackedRows uses; resumable like it."""
 
     def __init__(self, pairs: Pairs, batch_size: int, seed: int = 0, ref: dict | None = None, part: slice = slice(None),
                  pad_id: int = 0, group: str = "dpo"):
         if len(pairs) < batch_size:
             raise UserError(f"{len(pairs)} preference pairs, fewer than one batch of {batch_size}: lower {group}.batch_size")
-        self.pairs, self.batch_size, self.ref, self.part = pairs, batch_size, ref, part  # part: this rank's pairs
-        self.pad_id = pad_id
-        self.order = EpochOrder(len(pairs), seed)
-        self.n_rows = len(pairs)
-
-    def __iter__(self):
-        while True:
-            index = self.order.take(self.batch_size)[self.part].tolist()
-            yield {**collate(self.pairs, index, self.ref, pad_id=self.pad_id), "state": self.state_dict()}
-
-    def state_dict(self) -> dict:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order.load_state_dict(state)
+        super().__init__(len(pairs), batch_size, lambda index: collate(pairs, index, ref, pad_id=pad_id), seed, part)
+        self.pairs = pairs
 
 
 def behaviour_markers(dataset: str) -> tuple[str, ...]:

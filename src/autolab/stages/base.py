@@ -69,8 +69,10 @@ class OptimisedStage(L.LightningModule):
         return [distributed.optimizer_state(self.model, opt) for opt in self.trainer.optimizers]
 
     def extra_metrics(self, outputs: dict) -> dict:
-        """Values the monitor logs beside the loss (read back only on logging steps)."""
-        return {"train/grad_norm": outputs["grad_norm"].item()}
+        """Values the monitor logs beside the loss (read back only on logging steps): the gradient norm and
+        the step's `metrics` (tensors, under TRL's names), each as train/<name>."""
+        return {"train/grad_norm": outputs["grad_norm"].item(),
+                **{f"train/{k}": v.item() for k, v in outputs.get("metrics", {}).items()}}
 
     def snapshot_state(self) -> dict:
         """Stage counters a snapshot keeps (beyond weights, optimisers, data and budget)."""
@@ -92,9 +94,6 @@ class PairStage(OptimisedStage):
         loss, metrics, _ = self.pair_loss(batch)
         grad_norm = self.optimise(loss)
         return {"loss": loss.detach(), "grad_norm": grad_norm, "metrics": metrics}
-
-    def extra_metrics(self, outputs: dict) -> dict:
-        return {**super().extra_metrics(outputs), **{f"train/{k}": v.item() for k, v in outputs["metrics"].items()}}
 
 
 def pair_batches(model: torch.nn.Module, pairs, batch_size: int, device, ref: dict | None = None, pad_id: int = 0):

@@ -49,6 +49,8 @@ class StageParts:
     measures: dict = field(default_factory=dict)  # name -> fn(model): measured before (from a checkpoint) and after
     finals: Callable[[], dict] = dict  # measured once, after training
     lm_measures: bool = True  # val_bpb (and its curves) apply: False for a model without an LM head (a reward model)
+    loss_has_scale: bool = True  # the divergence guard compares the loss with its first value: False for a loss
+    # near zero or negative by construction (GRPO's), which only NaN stops
 
 
 @dataclass

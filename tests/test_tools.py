@@ -189,6 +189,30 @@ def test_judge_command_on_two_models(checkpoint, cache, tmp_path, tiny_llama):
     assert r.returncode == 2 and "no usable prompts" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_a_reward_judges_two_policies_on_the_task(checkpoint, cache, tmp_path, tiny_llama):
+    """judge=reward:NAME prompts=tasks: the answer the reward scores higher wins (as GRPO's and DPO's ends of a
+    pipeline are compared); each outcome is the one copy_match gives the two recorded answers."""
+    import prepare
+    from autolab.rewards import copy_match
+
+    args = [f"a={checkpoint}", f"b={tiny_llama}", "judge=reward:autolab.rewards.copy_match", "prompts=tasks", "chat=off",
+            "n=8", "answers.max_new_tokens=8", "answers.temperature=0"]
+    r = tool("judge", args, tmp_path, cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = report.parse_summary(r.stdout)
+    records = [json.loads(line) for line in (Path(s["output_dir"]) / "judgments.jsonl").read_text().splitlines()]
+    answer = {row["prompt"]: row["answer"] for row in prepare.load_tasks("val")}
+    assert len(records) == int(s["judged"]) == 8 and s["position_consistency"] == "1.0000"  # a rule: no position bias
+    for rec in records:
+        a, b = copy_match([rec["prompt"]] * 2, [rec["a"], rec["b"]], [answer[rec["prompt"]]] * 2)
+        assert rec["outcome"] == ("win" if a > b else "loss" if b > a else "tie"), rec
+    assert {rec["outcome"] for rec in records} != {"tie"}  # two different models: the reward told them apart
+
+    r = tool("judge", [*args[:2], "judge=reward:no.such.reward", "n=2"], tmp_path, cache)
+    assert r.returncode == 2 and "judge=reward:no.such.reward: no.such.reward is not a function" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
 # --- preference data from documents ---------------------------------------------------------------
 
 

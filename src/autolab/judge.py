@@ -15,7 +15,10 @@ A judge is anything with `__call__(items) -> verdicts`, items (prompt, first ans
 verdicts (`first` | `second` | `tie` | `invalid`, the judge's raw reply). Two come with autolab:
 - `PreambleJudge`, a rule: the embedded preference set's sycophancy preambles
   (`prepare.REJECTED_PREAMBLES`) lose against an answer without one; where a tiny model judges poorly;
-- `ModelJudge`, any causal LM, asked through its chat template which answer is better.
+- `ModelJudge`, any causal LM, asked through its chat template which answer is better;
+- `RewardJudge` (`judge=reward:NAME`), a GRPO reward (autolab.rewards): the higher score wins. With
+  `prompts=tasks` it compares two policies on the embedded task's held-out prompts, e.g. GRPO's and
+  DPO's, ends of the same pipeline: `judge=reward:autolab.rewards.copy_match prompts=tasks chat=off`.
 """
 
 from __future__ import annotations
@@ -70,6 +73,33 @@ class PreambleJudge:
             verdict = "tie" if bad[0] == bad[1] else ("second" if bad[0] else "first")
             out.append((verdict, f"preamble: first={bad[0]} second={bad[1]}"))
         return out
+
+
+class RewardJudge:
+    """A GRPO reward as the judge (`judge=reward:NAME`, NAME as in grpo.reward_funcs: module.function or a
+    reward model's folder): the answer it scores higher wins, equal scores tie. `columns` holds each
+    prompt's other columns (the task's `answer`), which a reward such as copy_match reads."""
+
+    def __init__(self, name: str, columns: dict[str, dict], dev):
+        from autolab import rewards
+
+        self.name, self.columns = name, columns
+        try:
+            self.reward = rewards.load([name], None, dev)[0]
+        except UserError as e:
+            raise UserError(str(e).replace("grpo.reward_funcs: ", f"judge=reward:{name}: ", 1)) from None
+
+    def __call__(self, items):
+        from autolab import rewards
+
+        prompts = [p for p, _, _ in items] * 2
+        answers = [first for _, first, _ in items] + [second for _, _, second in items]
+        rows = [self.columns.get(p, {}) for p in prompts]
+        columns = {k: [row.get(k) for row in rows] for k in rows[0]} if rows and rows[0] else {}
+        scores = rewards.score([self.reward], prompts, answers, columns)[:, 0].tolist()
+        n = len(items)
+        return [("first" if a > b else "second" if b > a else "tie", f"{self.reward.name}: first={a:.4f} second={b:.4f}")
+                for a, b in zip(scores[:n], scores[n:])]
 
 
 JUDGE_PROMPT = (
@@ -210,23 +240,27 @@ def win_rate(policy, start, tokenizer, prompts: list[str], markers: tuple[str, .
     return {k: result[k] for k in ("win_rate", "win_low", "win_high", "tie_rate", "loss_rate")}
 
 
-def load_prompts(source: str, n: int) -> tuple[list, int]:
-    """(up to n prompts, how many were dropped as empty or not text): `embedded` (the preference set's
-    held-out prompts), a .txt file (a prompt per line), a local preference file or folder (every row's
+def load_prompts(source: str, n: int) -> tuple[list, int, list[dict]]:
+    """(up to n prompts, how many were dropped as empty or not text, each kept prompt's other columns):
+    `embedded` (the preference set's held-out prompts), `tasks` (the embedded GRPO task's held-out prompts,
+    with their `answer`), a .txt file (a prompt per line), a local preference file or folder (every row's
     `prompt`) or a HF dataset (its held-out split's prompts)."""
+    import prepare
     from autolab.data.preference import _text_or_messages, load_rows
 
     path = Path(source).expanduser()
     if path.suffix == ".txt" and path.exists():
-        raw = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        rows = [{"prompt": line} for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    elif source == "tasks":
+        rows = prepare.load_tasks("val")
     else:
         spec = OmegaConf.create({"dataset": source, "train_split": "train", "eval_split": "test"})
         rows = load_rows(spec, "all" if path.exists() else "eval")  # a hub set: its held-out split
-        raw = [row.get("prompt") for row in rows]
-    usable = [p for p in raw if _text_or_messages(p) and (p.strip() if isinstance(p, str) else p)]
+    usable = [r for r in rows if _text_or_messages(p := r.get("prompt")) and (p.strip() if isinstance(p, str) else p)]
     if not usable:
-        raise UserError(f"prompts={source}: no usable prompts ({len(raw)} rows, all empty or not text)")
-    return usable[:n], len(raw) - len(usable)
+        raise UserError(f"prompts={source}: no usable prompts ({len(rows)} rows, all empty or not text)")
+    dropped, usable = len(rows) - len(usable), usable[:n]
+    return [r["prompt"] for r in usable], dropped, [{k: v for k, v in r.items() if k != "prompt"} for r in usable]
 
 
 def answers(source: str, key: str, prompts: list, cfg, dev) -> list[str]:
@@ -243,15 +277,17 @@ def answers(source: str, key: str, prompts: list, cfg, dev) -> list[str]:
 
 def main(cfg) -> dict:
     dev = device(cfg.device)
-    prompts, dropped = load_prompts(str(cfg.prompts), cfg.n)
+    prompts, dropped, columns = load_prompts(str(cfg.prompts), cfg.n)
+    shown = [p if isinstance(p, str) else json.dumps(p) for p in prompts]
     if cfg.judge == "preamble":
         judge: Judge = PreambleJudge()
+    elif str(cfg.judge).startswith("reward:"):
+        judge = RewardJudge(str(cfg.judge).removeprefix("reward:"), dict(zip(shown, columns)), dev)
     else:
         model, tokenizer = load_model(cfg.judge, "judge", dev)
         judge = ModelJudge(model, tokenizer, str(cfg.judge), "auto", cfg.judge_tokens, cfg.answers.batch_size)
     answers_a, answers_b = answers(cfg.a, "a", prompts, cfg, dev), answers(cfg.b, "b", prompts, cfg, dev)
     out = output_dir()
-    shown = [p if isinstance(p, str) else json.dumps(p) for p in prompts]
     result, _ = compare(shown, answers_a, answers_b, judge, out / "judgments.jsonl")
     result.update(a=str(cfg.a), b=str(cfg.b), judge=str(cfg.judge), dropped_prompts=dropped)
     (out / "judge.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -41,8 +41,9 @@ def test_the_copy_reward_rises_from_the_sft_checkpoint(tmp_path, cache):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-RESUMABLE = [*GRPO, "trainer.max_steps=16", "trainer.log_every=4", "trainer.snapshot_every_steps=5",
-             "grpo.num_iterations=2", "grpo.beta=0.04"]  # the clip and the reference in play
+RESUMABLE = [*GRPO, "trainer.max_steps=10", "trainer.log_every=4", "trainer.snapshot_every_steps=3",
+             "grpo.num_iterations=2", "grpo.beta=0.04",  # the clip and the reference in play
+             "stage.measure_forgetting=false"]  # replay_val_bpb's evaluation resumes as every stage's does (test_cpt)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +54,10 @@ def straight(tmp_path_factory, cache):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_kill_or_sigterm_then_resume_ends_with_the_same_weights(sig, straight, tmp_path, cache):
-    """Signalled at step 12 (past the snapshot at 10): kill -9 leaves that snapshot, SIGTERM writes one at
+    """Signalled at step 8 (past the snapshot at 6): kill -9 leaves that snapshot, SIGTERM writes one at
     once (exit 3); `resume=` continues to the straight run's weights, samples and rewards, and its W&B run."""
     run_dir = tmp_path / "run"
-    code, output = start_and_signal([*RESUMABLE, f"hydra.run.dir={run_dir}"], tmp_path, cache, sig, step=12)
+    code, output = start_and_signal([*RESUMABLE, f"hydra.run.dir={run_dir}"], tmp_path, cache, sig, step=8)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 3), output[-2000:]
     resumed = run_train([f"resume={run_dir}"], tmp_path, cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

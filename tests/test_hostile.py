@@ -119,7 +119,7 @@ def test_config_values_are_refused_before_anything_loads(overrides, needle, tmp_
     ("model.n_layer=[1,2]", "could not be converted to Integer"),
     ("trainer.require_gpu=maybe", "Value 'maybe' is not a valid bool"),
     ("optim.no_such_key=1", "Key 'no_such_key' not in 'OptimConf'"),
-    ("stage=nonsense", "options: cpt, dpo, pretrain, reward, sft"),
+    ("stage=nonsense", "options: cpt, dpo, grpo, pretrain, reward, sft"),
 ])
 def test_hydra_refuses_wrong_types_and_names_in_at_most_three_lines(override, needle, tmp_path, cache):
     r = run_train([*TINY, "logger=none", override], tmp_path, cache)

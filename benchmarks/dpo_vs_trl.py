@@ -3,6 +3,12 @@
     python benchmarks/make_llama.py --size 150m --out /tmp/llama150m
     python benchmarks/dpo_vs_trl.py --model /tmp/llama150m --batch-size 16 --max-length 256
 
+CPU smoke (numbers mean nothing; both sides run, in fp32, without torch.compile):
+
+    python benchmarks/make_llama.py --size tiny --out /tmp/llama_tiny
+    python benchmarks/dpo_vs_trl.py --model /tmp/llama_tiny --batch-size 2 --max-length 64 --steps 2 --warmup 1 \
+        --rounds 1 --out /tmp/dpo_vs_trl.json
+
 Both: the same HF Llama (fp32 master weights, bf16 autocast), a frozen reference copy, activation
 checkpointing on in both (TRL's default) or off in both (--no-checkpointing), the same
 preference pairs (prepare.py's embedded set), the same batch size, max_length, beta, AdamW and
@@ -10,7 +16,8 @@ learning rate. Each is timed over --steps optimiser steps after --warmup untimed
 sync at both ends) and its peak GPU memory read from a fresh counter. TRL runs as users run it:
 DPOTrainer.train() with logging and saving turned off.
 
-Rounds alternate (TRL, ours, TRL, ours, ...), each in a fresh process, and the table gives medians.
+Rounds alternate (TRL, ours, TRL, ours, ...), each in a fresh process, and the table gives medians
+(trl_rounds.py, shared with grpo_vs_trl.py and reward_vs_trl.py).
 Each run also records every step's time and how many graphs torch.compile built inside the timed
 window: a compile there (a new shape, a guard that fails) costs seconds and was what made single
 runs of this benchmark disagree.
@@ -21,14 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+import trl_rounds
 
 
 def rows(n: int) -> list[dict]:
@@ -46,7 +49,7 @@ def run_trl(args, data: list[dict]) -> dict:
 
     class Stopwatch(TrainerCallback):
         def on_step_end(self, targs, state, control, **kw):
-            sync()
+            trl_rounds.sync()
             marks[state.global_step] = time.perf_counter()
 
     torch.manual_seed(0)
@@ -57,29 +60,15 @@ def run_trl(args, data: list[dict]) -> dict:
         output_dir="/tmp/trl_bench", per_device_train_batch_size=args.batch_size, max_length=args.max_length,
         beta=0.1, learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=max(1, (args.warmup + args.steps) // 10),
         max_steps=args.warmup + args.steps,
-        bf16=True, logging_steps=10_000, save_strategy="no", report_to="none", disable_dropout=True,
+        logging_steps=10_000, save_strategy="no", report_to="none", disable_dropout=True,
         dataloader_num_workers=0, max_grad_norm=1.0, gradient_checkpointing=args.checkpointing,
+        **trl_rounds.trl_device_args(),
     )
     trainer = DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=Dataset.from_list(data),
                          processing_class=tok, callbacks=[Stopwatch()])
-    torch.cuda.reset_peak_memory_stats()
+    trl_rounds.reset_peak()
     trainer.train()
-    return _rates(args, marks)
-
-
-def _rates(args, marks: dict) -> dict:
-    """Throughput over the timed window, per-step times, and graphs compiled inside the window."""
-    seconds = marks[args.warmup + args.steps] - marks[args.warmup]
-    steps = [1e3 * (marks[i + 1] - marks[i]) for i in range(args.warmup, args.warmup + args.steps)]
-    return {"pairs_per_sec": args.steps * args.batch_size / seconds, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
-            "step_ms": steps, "slowest_step_ms": max(steps), "median_step_ms": sorted(steps)[len(steps) // 2],
-            "compiles_in_window": marks.get("compiles_after", 0) - marks.get("compiles_before", 0)}
-
-
-def _compiles() -> int:
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
+    return trl_rounds.rates(marks, args.warmup, args.steps, {"pairs": args.batch_size})
 
 
 def run_ours(args, data: list[dict]) -> dict:
@@ -98,8 +87,11 @@ def run_ours(args, data: list[dict]) -> dict:
     model, tok = load_pretrained(args.model)
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.cuda()
-    reference = copy.deepcopy(model).eval().requires_grad_(False).to(torch.bfloat16)
+    device = trl_rounds.device()
+    model.to(device)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if device.type == "cuda":
+        reference.to(torch.bfloat16)  # as the DPO stage keeps it: it only runs forward, under autocast
     d = OmegaConf.create({"reference": "frozen", "beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0,
                           "max_length": args.max_length, "max_prompt_length": None, "min_response_tokens": 4,
                           "columns": {}})
@@ -112,26 +104,26 @@ def run_ours(args, data: list[dict]) -> dict:
 
     class Stopwatch(L.Callback):
         def on_train_batch_end(self, *a):
-            sync()
+            trl_rounds.sync()
             marks[budget.steps] = time.perf_counter()
             if budget.steps == args.warmup:
-                marks["compiles_before"] = _compiles()
+                marks["compiles_before"] = trl_rounds.compiles()
             if budget.steps == args.warmup + args.steps:
-                marks["compiles_after"] = _compiles()
+                marks["compiles_after"] = trl_rounds.compiles()
 
-    stage = DPOStage(model, optim, schedule, budget, 1.0, dpo=d, reference=reference, compile=True)
-    trainer = L.Trainer(accelerator="cuda", devices=1, precision="bf16-mixed", max_epochs=-1, logger=False,
+    cuda = device.type == "cuda"
+    stage = DPOStage(model, optim, schedule, budget, 1.0, dpo=d, reference=reference, compile=cuda)
+    trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed" if cuda else "32-true",
+                        max_epochs=-1, logger=False,
                         callbacks=[TimeBudget(budget), Stopwatch()], enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False)
-    loader = torch.utils.data.DataLoader(PreferenceBatches(pairs, args.batch_size, 0), batch_size=None, pin_memory=True)
-    torch.cuda.reset_peak_memory_stats()
+    loader = torch.utils.data.DataLoader(PreferenceBatches(pairs, args.batch_size, 0), batch_size=None, pin_memory=cuda)
+    trl_rounds.reset_peak()
     trainer.fit(stage, loader)
-    return _rates(args, marks)
+    return trl_rounds.rates(marks, args.warmup, args.steps, {"pairs": args.batch_size})
 
 
 def main() -> None:
-    import statistics
-    import subprocess
     import sys
 
     p = argparse.ArgumentParser()
@@ -151,25 +143,15 @@ def main() -> None:
         run = run_trl if args.only == "trl" else run_ours
         print(json.dumps(run(args, data)))
         return
-    runs: dict[str, list[dict]] = {"trl": [], "ours": []}
-    for r in range(args.rounds):
-        for name in runs:
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--only", name]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SystemExit(out.stderr[-3000:])
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            x = runs[name][-1]
-            print(f"round {r} {name}: {x['pairs_per_sec']:.1f} pairs/s, median step {x['median_step_ms']:.0f} ms, "
-                  f"slowest {x['slowest_step_ms']:.0f} ms, {x['compiles_in_window']} compiles in the window", flush=True)
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
-              "batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps,
-              "warmup": args.warmup, "activation_checkpointing": args.checkpointing, "rounds": runs}
-    for name, rs in runs.items():
-        result[name] = {k: statistics.median(x[k] for x in rs) for k in ("pairs_per_sec", "peak_mb")}
-    result["speedup"] = result["ours"]["pairs_per_sec"] / result["trl"]["pairs_per_sec"]
-    result["memory_ratio"] = result["ours"]["peak_mb"] / result["trl"]["peak_mb"]
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    runs = trl_rounds.alternate(__file__, sys.argv[1:], args.rounds, lambda x: (
+        f"{x['pairs_per_sec']:.1f} pairs/s, median step {x['median_step_ms']:.0f} ms, slowest {x['slowest_step_ms']:.0f} ms, "
+        f"{x['compiles_in_window']} compiles in the window"))
+    med = trl_rounds.medians(runs, ("pairs_per_sec", "peak_mb"))
+    result = {**trl_rounds.versions(), "model": args.model, "batch_size": args.batch_size,
+              "max_length": args.max_length, "steps": args.steps, "warmup": args.warmup,
+              "activation_checkpointing": args.checkpointing, "rounds": runs, "trl": med["trl"], "ours": med["ours"],
+              "speedup": med["ratio"]["pairs_per_sec"], "memory_ratio": med["ratio"]["peak_mb"]}
+    trl_rounds.write(args.out, result)
     print("--- medians of", args.rounds, "alternating rounds")
     for name in ("trl", "ours"):
         print(f"{name}: {result[name]['pairs_per_sec']:.1f} pairs/s, peak {result[name]['peak_mb']:.0f} MB")

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import prepare
-from autolab import compile_cache, distributed, profiling, provenance, report, resume
+from autolab import compile_cache, distributed, profiling, provenance, report, resume, start_scores
 from autolab.config import check
 from autolab.errors import DivergenceError, UserError, first_line
 from autolab.preemption import Interrupted, Preemption
@@ -225,7 +225,14 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         start = restore["start"]
     elif cfg.init_from and world.main:  # where the starting checkpoint stands, before any training
         print("measuring the starting checkpoint ...", flush=True)
-        start = {f"{name}_start": fn(model) for name, fn in measures.items()}
+        start = {}
+        for name, domain in domains.items():  # kept per checkpoint and text: a sweep over one base measures it once
+            facts = {"domain": domain, "text": start_scores.text_hash(prepare.val_documents(domain)),
+                     "tokenizer": metrics["tokenizer"], "seq_len": eval_len, "batch_size": cfg.eval.batch_size,
+                     "device": device.type, "attention": str(t.get("attention", "auto")), "torch": torch.__version__}
+            start[f"{name}_start"] = start_scores.bpb(init_path, facts, lambda fn=measures[name]: fn(model),
+                                                      prepare.cache_dir())
+        start.update({f"{name}_start": fn(model) for name, fn in parts.measures.items()})
     else:
         start = {}
 

@@ -1,9 +1,10 @@
 """The DPO stage end to end: each reference mode, LoRA, the summary and the ledger."""
 
+import signal
 from pathlib import Path
 
 import pytest
-from conftest import TINY, base_overrides, run_train
+from conftest import TINY, base_overrides, run_train, same_run, start_and_signal, train_to_end
 from transformers import AutoModelForCausalLM
 
 import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes
@@ -47,3 +48,21 @@ def test_bad_dpo_settings_are_one_line_errors(tmp_path, cache):
     assert r.returncode == 2 and "dpo.reference=policy: use one of" in r.stderr and "Traceback" not in r.stderr
     r = run_train([*DPO, "dpo.dataset=/no/such/prefs.jsonl"], tmp_path, cache)
     assert r.returncode == 2 and "could not be loaded" in r.stderr
+
+
+def test_kill_9_then_resume_keeps_the_frozen_reference_at_the_start(tmp_path, cache):
+    """A resumed DPO run's frozen reference is the starting weights, not the snapshot it resumed from
+    (which the model already holds): kill -9 past a snapshot, then `resume=`, ends bit-identical to the
+    uninterrupted run."""
+    args = [*DPO, "dpo.reference=frozen", "trainer.max_steps=6", "trainer.log_every=2", "trainer.snapshot_every_steps=3",
+            "stage.measure_forgetting=false", "dpo.max_eval_pairs=16", "dpo.behaviour_prompts=2"]
+    (tmp_path / "straight").mkdir()
+    straight = train_to_end(tmp_path / "straight", cache, args)
+    stopped = tmp_path / "stopped"
+    code, _ = start_and_signal([*args, "logger=wandb", f"hydra.run.dir={stopped}"], tmp_path, cache, signal.SIGKILL, step=4)
+    assert code == -signal.SIGKILL
+    resumed = run_train([f"resume={stopped}"], tmp_path, cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 3" in resumed.stdout
+    same_run(straight, resumed, stopped)
+

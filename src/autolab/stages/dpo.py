@@ -70,8 +70,6 @@ class DPOStage(PairStage):
 def build(ctx: Context) -> StageParts:
     """Pairs from dpo.dataset (dropped rows counted), the reference dpo.reference asks for, the
     behaviour measures where the set has known markers, and the held-out rewards and win rate."""
-    import copy
-
     from autolab.data.preference import PreferenceBatches, behaviour_markers, load_rows, tokenize_pairs
     from autolab.distributed import rank_slice
 
@@ -84,8 +82,8 @@ def build(ctx: Context) -> StageParts:
     for why, n in sorted((train.dropped + held_out.dropped).items()):
         print(f"dropped {n} pairs: {why}", flush=True)
     reference = None
-    if d.reference == "frozen" and d.lora.r <= 0:  # a frozen copy of the starting weights
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if d.reference == "frozen" and d.lora.r <= 0:  # the starting weights, loaded again: a resumed run's model
+        reference = ctx.initial_model().to(device).eval().requires_grad_(False)  # holds its snapshot instead
         if device.type == "cuda":
             reference.to(torch.bfloat16)  # it only runs forward, under autocast: half the memory
     module = DPOStage(model, dpo=d, reference=reference, compile=ctx.compiled, **ctx.common)

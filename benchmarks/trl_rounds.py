@@ -65,9 +65,9 @@ def trl_device_args() -> dict:
 
 
 def versions() -> dict:
+    """The device, what peak memory means on it, the libraries' versions and autolab's commit (a result's header)."""
     import importlib.metadata as md
 
-    """The device, what peak memory means on it, the libraries' versions and autolab's commit (a result's header)."""
     out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()})",
            "memory": "GPU max_memory_allocated" if torch.cuda.is_available() else "CPU max RSS of the process",
            "versions": {}}

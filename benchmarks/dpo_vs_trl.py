@@ -25,7 +25,6 @@ runs of this benchmark disagree.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -126,17 +125,9 @@ def run_ours(args, data: list[dict]) -> dict:
 def main() -> None:
     import sys
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
+    p = trl_rounds.arguments(__doc__.split("\n")[0], "DPOConfig", "dpo_vs_trl.json", steps=40, warmup=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--warmup", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each run in a fresh process")
-    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                   help="activation checkpointing in both (TRL 1.16's DPOConfig default is on)")
-    p.add_argument("--only", choices=["trl", "ours"], help=argparse.SUPPRESS)  # one run, in this process
-    p.add_argument("--out", default="dpo_vs_trl.json")
     args = p.parse_args()
     if args.only:
         data = rows((args.warmup + args.steps) * args.batch_size)

@@ -38,7 +38,6 @@ and the graphs torch.compile built in the window. Rounds alternate (TRL, ours, .
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -116,21 +115,13 @@ def _result(args, marks: dict, lengths: list[float]) -> dict:
 def main() -> None:
     import sys
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="a Hugging Face causal-LM folder (benchmarks/make_llama.py makes one)")
+    p = trl_rounds.arguments(__doc__.split("\n")[0], "GRPOConfig", "grpo_vs_trl.json", steps=20, warmup=3)
     p.add_argument("--batch-size", type=int, default=16, help="prompts a step")
     p.add_argument("--num-generations", type=int, default=8, help="completions a prompt (G)")
     p.add_argument("--max-completion-length", type=int, default=128)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--beta", type=float, default=0.04, help="KL weight; 0: no reference model on either side")
     p.add_argument("--lr", type=float, default=1e-6)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each run in a fresh process")
-    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                   help="activation checkpointing in both (TRL 1.16's GRPOConfig default is on)")
-    p.add_argument("--only", choices=["trl", "ours"], help=argparse.SUPPRESS)  # one run, in this process
-    p.add_argument("--out", default="grpo_vs_trl.json")
     args = p.parse_args()
     if args.only:
         print(json.dumps((run_trl if args.only == "trl" else run_ours)(args)))

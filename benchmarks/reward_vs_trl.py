@@ -37,7 +37,6 @@ the graphs torch.compile built in the window. Rounds alternate (TRL, ours, ...) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -99,18 +98,10 @@ def run_ours(args) -> dict:
 def main() -> None:
     import sys
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="a Hugging Face causal-LM folder (benchmarks/make_llama.py makes one)")
+    p = trl_rounds.arguments(__doc__.split("\n")[0], "RewardConfig", "reward_vs_trl.json", steps=20, warmup=3)
     p.add_argument("--batch-size", type=int, default=16, help="pairs a step")
     p.add_argument("--max-length", type=int, default=256, help="tokens of prompt + response, each of chosen and rejected")
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each run in a fresh process")
-    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                   help="activation checkpointing in both (TRL 1.16's RewardConfig default is on)")
-    p.add_argument("--only", choices=["trl", "ours"], help=argparse.SUPPRESS)  # one run, in this process
-    p.add_argument("--out", default="reward_vs_trl.json")
     args = p.parse_args()
     if args.only:
         print(json.dumps((run_trl if args.only == "trl" else run_ours)(args)))

@@ -15,6 +15,7 @@ Importing this module starts nothing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -62,6 +63,21 @@ def trl_device_args() -> dict:
     """TRL's (TrainingArguments') settings for this machine: bf16 autocast on a GPU, fp32 on the CPU."""
     cuda = torch.cuda.is_available()
     return {"bf16": cuda, "use_cpu": not cuda}
+
+
+def arguments(description: str, config: str, out: str, steps: int, warmup: int) -> argparse.ArgumentParser:
+    """The options every comparison with TRL has (--model, --steps, --warmup, --rounds, --checkpointing, --only,
+    --out); `config` names TRL's config class whose checkpointing default both sides follow. A benchmark adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", required=True, help="a Hugging Face causal-LM folder (benchmarks/make_llama.py makes one)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each run in a fresh process")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"activation checkpointing in both (TRL 1.16's {config} default is on)")
+    p.add_argument("--only", choices=["trl", "ours"], help=argparse.SUPPRESS)  # one run, in this process
+    p.add_argument("--out", default=out)
+    return p
 
 
 def versions() -> dict:

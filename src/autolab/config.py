@@ -330,9 +330,10 @@ def _rules(c: DictConfig):
 def _grpo_rules(g: DictConfig, t: DictConfig):
     yield "grpo.reward_funcs", len(g.reward_funcs) >= 1, \
         "name one reward at least: module.function (e.g. autolab.rewards.copy_match) or a reward model's folder"
+    from autolab import rewards
+
     for name in g.reward_funcs:
-        yield "grpo.reward_funcs", _is_reward(str(name)), f"{name} is not a function or a reward model's folder: name " \
-            "one as module.function (e.g. autolab.rewards.copy_match) or give a stage=reward checkpoint"
+        yield "grpo.reward_funcs", rewards.is_reward(str(name)), f"{name} {rewards.NOT_A_REWARD}"
     yield "grpo.reward_weights", g.reward_weights is None or len(g.reward_weights) == len(g.reward_funcs), \
         f"give one weight for each of the {len(g.reward_funcs)} grpo.reward_funcs, or null (1 each)"
     yield "grpo.chat", g.chat in CHAT, f"use one of {', '.join(CHAT)}"
@@ -366,18 +367,6 @@ def _pair_rules(p: DictConfig, group: str):
         f"use 1 or more, fewer than {group}.max_length={p.max_length}"
     for key in ("max_train_pairs", "max_eval_pairs"):
         yield f"{group}.{key}", p.get(key) is None or p[key] >= 1, "use null (all) or 1 or more"
-
-
-def _is_reward(name: str) -> bool:
-    """A reward GRPO can use: a folder (a reward model's, loaded later) or a callable named module.function."""
-    from hydra.utils import get_object
-
-    if Path(name).expanduser().is_dir():
-        return True
-    try:
-        return callable(get_object(name))
-    except Exception:
-        return False
 
 
 def _is_recipe(name: str) -> bool:

@@ -84,10 +84,7 @@ class RewardJudge:
         from autolab import rewards
 
         self.name, self.columns = name, columns
-        try:
-            self.reward = rewards.load([name], None, dev)[0]
-        except UserError as e:
-            raise UserError(str(e).replace("grpo.reward_funcs: ", f"judge=reward:{name}: ", 1)) from None
+        self.reward = rewards.load([name], None, dev, key=f"judge=reward:{name}")[0]
 
     def __call__(self, items):
         from autolab import rewards
@@ -95,8 +92,7 @@ class RewardJudge:
         prompts = [p for p, _, _ in items] * 2
         answers = [first for _, first, _ in items] + [second for _, _, second in items]
         rows = [self.columns.get(p, {}) for p in prompts]
-        columns = {k: [row.get(k) for row in rows] for k in rows[0]} if rows and rows[0] else {}
-        scores = rewards.score([self.reward], prompts, answers, columns)[:, 0].tolist()
+        scores = rewards.score([self.reward], prompts, answers, rows)[:, 0].tolist()
         n = len(items)
         return [("first" if a > b else "second" if b > a else "tie", f"{self.reward.name}: first={a:.4f} second={b:.4f}")
                 for a, b in zip(scores[:n], scores[n:])]
@@ -246,7 +242,7 @@ def load_prompts(source: str, n: int) -> tuple[list, int, list[dict]]:
     with their `answer`), a .txt file (a prompt per line), a local preference file or folder (every row's
     `prompt`) or a HF dataset (its held-out split's prompts)."""
     import prepare
-    from autolab.data.preference import _text_or_messages, load_rows
+    from autolab.data.preference import load_rows, usable_prompt
 
     path = Path(source).expanduser()
     if path.suffix == ".txt" and path.exists():
@@ -256,7 +252,7 @@ def load_prompts(source: str, n: int) -> tuple[list, int, list[dict]]:
     else:
         spec = OmegaConf.create({"dataset": source, "train_split": "train", "eval_split": "test"})
         rows = load_rows(spec, "all" if path.exists() else "eval")  # a hub set: its held-out split
-    usable = [r for r in rows if _text_or_messages(p := r.get("prompt")) and (p.strip() if isinstance(p, str) else p)]
+    usable = [r for r in rows if usable_prompt(r.get("prompt"))]
     if not usable:
         raise UserError(f"prompts={source}: no usable prompts ({len(rows)} rows, all empty or not text)")
     dropped, usable = len(rows) - len(usable), usable[:n]

@@ -52,7 +52,7 @@ class RewardModel:
     """A sequence-classification checkpoint as a reward: its score of prompt + completion, read at the last
     token that is not padding, as `stage=reward` trains it (autolab.stages.reward)."""
 
-    def __init__(self, folder: str, device, batch_size: int = 64):
+    def __init__(self, folder: str, device, batch_size: int = 64, key: str = "grpo.reward_funcs"):
         import prepare
         import autolab.models  # noqa: F401  registers our GPT with the Auto classes
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -62,7 +62,7 @@ class RewardModel:
             self.model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).to(device).eval()
             self.tokenizer = prepare.Tokenizer.load(path) if (path / "tiktoken.bpe").exists() else AutoTokenizer.from_pretrained(path)
         except Exception as e:
-            raise UserError(f"grpo.reward_funcs: {folder} could not be loaded as a reward model ({first_line(e)}): "
+            raise UserError(f"{key}: {folder} could not be loaded as a reward model ({first_line(e)}): "
                             "give a stage=reward checkpoint folder") from None
         self.__name__ = path.name if path.name != "checkpoint" else path.parent.name
         self.device, self.batch_size = device, batch_size
@@ -91,29 +91,45 @@ class Reward:
     weight: float
 
 
-def load(names: list[str], weights: list[float] | None, device) -> list[Reward]:
-    """The rewards grpo.reward_funcs names, each with its weight (1.0 each without grpo.reward_weights)."""
+NOT_A_REWARD = ("is not a function or a reward model's folder: name one as module.function "
+                "(e.g. autolab.rewards.copy_match) or give a stage=reward checkpoint")
+
+
+def function_of(name: str) -> Callable | None:
+    """The function `name` names as module.function, or None where it names no callable."""
     from hydra.utils import get_object
 
+    try:
+        fn = get_object(name)
+    except Exception:
+        return None
+    return fn if callable(fn) else None
+
+
+def is_reward(name: str) -> bool:
+    """A reward GRPO can use: a folder (a reward model's, loaded later) or a function named module.function."""
+    return Path(name).expanduser().is_dir() or function_of(name) is not None
+
+
+def load(names: list[str], weights: list[float] | None, device, key: str = "grpo.reward_funcs") -> list[Reward]:
+    """The rewards `names` (grpo.reward_funcs) with their weights (1.0 each without grpo.reward_weights);
+    `key` is the setting that named them, in error messages."""
     rewards = []
     for name, weight in zip(names, weights or [1.0] * len(names)):
         name = str(name)
         if Path(name).expanduser().is_dir():
-            fn = RewardModel(name, device)
-        else:
-            try:
-                fn = get_object(name)
-            except Exception:
-                fn = None
-            if not callable(fn):
-                raise UserError(f"grpo.reward_funcs: {name} is not a function or a reward model's folder: name one as "
-                                "module.function (e.g. autolab.rewards.copy_match) or give a stage=reward checkpoint")
+            fn = RewardModel(name, device, key=key)
+        elif (fn := function_of(name)) is None:
+            raise UserError(f"{key}: {name} {NOT_A_REWARD}")
         rewards.append(Reward(getattr(fn, "__name__", name.rsplit(".", 1)[-1]), fn, float(weight)))
     return rewards
 
 
-def score(rewards: list[Reward], prompts: list[str], completions: list[str], columns: dict[str, list]) -> torch.Tensor:
-    """Every reward of every completion, [N, len(rewards)] (unweighted); a reward that fails is one UserError naming it."""
+def score(rewards: list[Reward], prompts: list[str], completions: list[str], rows: list[dict]) -> torch.Tensor:
+    """Every reward of every completion, [N, len(rewards)] (unweighted), each reward given the other columns of
+    each completion's row (`rows`, aligned with the completions) as lists; a reward that fails is one UserError
+    naming it."""
+    columns = {k: [row.get(k) for row in rows] for k in (rows[0] if rows else {})}
     table = []
     for r in rewards:
         try:

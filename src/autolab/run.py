@@ -198,8 +198,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     model.to(device)
     eval_len = min(prepare.MAX_SEQ_LEN, max_len)
 
-    def bpb(domain: str, max_bytes: int = prepare.EVAL_BYTES):
-        texts = prepare.val_documents(domain, max_bytes)
+    def bpb(texts: list[str]):
         return lambda m: prepare.evaluate_bpb(
             m, tokenizer, texts, seq_len=eval_len, batch_size=cfg.eval.batch_size, device=device
         )
@@ -218,7 +217,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
     domains = {"val_bpb": cfg.data.domain} if parts.lm_measures else {}
     if cfg.stage.measure_forgetting and parts.lm_measures:
         domains["replay_val_bpb"] = cfg.replay.domain
-    measures = {**{name: bpb(domain) for name, domain in domains.items()}, **parts.measures}
+    val_texts = {name: prepare.val_documents(domain) for name, domain in domains.items()}  # read once
+    measures = {**{name: bpb(texts) for name, texts in val_texts.items()}, **parts.measures}
     if restore:
         parts.data.load_state_dict(restore["data"])
         parts.module.load_snapshot_state(restore["stage"])
@@ -227,7 +227,7 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         print("measuring the starting checkpoint ...", flush=True)
         start = {}
         for name, domain in domains.items():  # kept per checkpoint and text: a sweep over one base measures it once
-            facts = {"domain": domain, "text": start_scores.text_hash(prepare.val_documents(domain)),
+            facts = {"domain": domain, "text": start_scores.text_hash(val_texts[name]),
                      "tokenizer": metrics["tokenizer"], "seq_len": eval_len, "batch_size": cfg.eval.batch_size,
                      "device": device.type, "attention": str(t.get("attention", "auto")), "torch": torch.__version__}
             start[f"{name}_start"] = start_scores.bpb(init_path, facts, lambda fn=measures[name]: fn(model),
@@ -255,8 +255,8 @@ def _fit_and_evaluate(cfg: DictConfig, out: Path, metrics: dict, preemption: Pre
         monitor.load_state_dict(restore["monitor"])
     logger = _build_logger(cfg, wandb_id=restore["wandb_id"] if restore else None) if world.main else None
     wandb_id = logger.experiment.id if logger is not None else None
-    curves = {"val/" + name.replace("val_bpb", "bpb"): bpb(domain, cfg.eval.curve_bytes)  # val/bpb, val/replay_bpb
-              for name, domain in domains.items()}
+    curves = {"val/" + name.replace("val_bpb", "bpb"): bpb(prepare.val_documents(domain, cfg.eval.curve_bytes))
+              for name, domain in domains.items()}  # val/bpb, val/replay_bpb
     # FSDP: every rank takes part in gathering the weights that rank 0 alone snapshots and measures
     sharded = distributed.sharded(world, t)
     whole = distributed.Gathered(fresh_model, world.main)

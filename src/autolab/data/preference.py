@@ -148,6 +148,11 @@ def _as_text(example: dict, tokenizer, group: str = "dpo") -> tuple[str, str, st
 ROLES = ("system", "user", "assistant")
 
 
+def usable_prompt(value) -> bool:
+    """A prompt a model can answer: non-empty text, or a non-empty list of chat messages."""
+    return _text_or_messages(value) and bool(value.strip() if isinstance(value, str) else value)
+
+
 def _text_or_messages(value) -> bool:
     """A string, or a list of {"role": str, "content": str} messages (TRL's conversational format)."""
     if isinstance(value, str):

@@ -117,22 +117,20 @@ def score_completions(rewards: list, tokenizer, prompts: list[str], completion_i
     from autolab import rewards as reward_fns
     from autolab.generation import decode_completion
 
-    texts = [decode_completion(tokenizer, c) for c in completion_ids]
-    names = columns[0].keys() if columns else ()
-    return reward_fns.score(rewards, prompts, texts, {k: [row[k] for row in columns] for k in names})
+    return reward_fns.score(rewards, prompts, [decode_completion(tokenizer, c) for c in completion_ids], columns)
 
 
 def prompt_rows(rows: list[dict], g, tokenizer) -> tuple[list[str], list[dict], int]:
     """(prompts as the model reads them, every other column of each row, rows dropped): a row whose prompt is
     missing, empty or not text is dropped and counted."""
-    from autolab.data.preference import _text_or_messages
+    from autolab.data.preference import usable_prompt
     from autolab.generation import chat_prompt
 
     key = dict(g.columns or {}).get("prompt", "prompt")
     prompts, columns = [], []
     for row in rows:
         prompt = row.get(key)
-        if not _text_or_messages(prompt) or not (prompt.strip() if isinstance(prompt, str) else prompt):
+        if not usable_prompt(prompt):
             continue
         prompts.append(chat_prompt(tokenizer, prompt, g.chat))
         columns.append({k: v for k, v in row.items() if k != key})

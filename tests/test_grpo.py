@@ -65,6 +65,53 @@ def test_kill_or_sigterm_then_resume_ends_with_the_same_weights(sig, straight, t
     same_run(straight, resumed, run_dir)  # the held-out reward included
 
 
+RECORDED = '''
+import json
+import os
+
+
+def length(prompts, completions, **columns):
+    """A tenth of each completion's length in characters; every call is written to a file of this process."""
+    scores = [len(c) / 10 for c in completions]
+    with open(f"{os.environ['REWARD_LOG']}.{os.getpid()}", "a") as f:
+        f.write(json.dumps({"prompts": prompts, "rewards": scores}) + "\\n")
+    return scores
+'''
+
+
+def test_two_processes_each_sample_their_slice_and_log_the_whole_batch(tmp_path, cache):
+    """grpo.batch_size=4 on two processes: at each step each rank samples 2 prompts (x 4 completions) that the
+    other does not, and the W&B run logs the reward statistics of all 16 completions, not rank 0's 8."""
+    import json
+    import statistics
+
+    from wandb_records import history
+
+    (tmp_path / "recorded.py").write_text(RECORDED)
+    log = tmp_path / "rewards"
+    run_dir = tmp_path / "run"
+    r = run_train([*GRPO, "trainer.devices=2", "trainer.max_steps=3", "trainer.log_every=1", "grpo.reward_funcs=[recorded.length]",
+                   "stage.measure_forgetting=false", f"hydra.run.dir={run_dir}"], tmp_path, cache,
+                  env={"PYTHONPATH": str(tmp_path), "REWARD_LOG": str(log)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 x cpu" in r.stdout and report.parse_summary(r.stdout)["status"] == "ok"
+    calls = [[json.loads(line) for line in f.read_text().splitlines()] for f in tmp_path.glob("rewards.*")]
+    assert len(calls) == 2  # both processes scored completions
+    steps = [[c for c in mine if len(c["prompts"]) == 2 * 4] for mine in calls]  # training calls (held-out ones: 16)
+    assert len(steps[0]) == len(steps[1]) == 3
+    logged = [row for row in history(next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) if "train/reward" in row]
+    assert len(logged) == 3
+    for a, b, row in zip(*steps, logged):
+        assert len(set(a["prompts"])) == len(set(b["prompts"])) == 2 and not set(a["prompts"]) & set(b["prompts"])
+        rewards = a["rewards"] + b["rewards"]
+        assert row["train/reward"] == pytest.approx(statistics.mean(rewards))
+        assert row["train/reward_std"] == pytest.approx(statistics.stdev(rewards))
+        assert row["train/rewards/length/mean"] == pytest.approx(statistics.mean(rewards))
+        for key in ("kl", "entropy", "clip_ratio/region_mean", "completions/mean_length", "grad_norm", "loss"):
+            assert f"train/{key}" in row, key
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1 and "Traceback" not in (run_dir / "rank1.log").read_text()
+
+
 BAD_REWARDS = '''
 import math
 

@@ -69,10 +69,18 @@ class OptimisedStage(L.LightningModule):
         return [distributed.optimizer_state(self.model, opt) for opt in self.trainer.optimizers]
 
     def extra_metrics(self, outputs: dict) -> dict:
-        """Values the monitor logs beside the loss (read back only on logging steps): the gradient norm and
-        the step's `metrics` (tensors, under TRL's names), each as train/<name>."""
-        return {"train/grad_norm": outputs["grad_norm"].item(),
-                **{f"train/{k}": v.item() for k, v in outputs.get("metrics", {}).items()}}
+        """Values the monitor logs beside the loss (read back only on logging steps; every rank calls it): the
+        gradient norm (the same on every rank) and the step's `metrics` (tensors, under TRL's names), each as
+        train/<name>, averaged over the ranks' equal slices of the batch in one collective, as TRL's gathered
+        means are."""
+        metrics = outputs.get("metrics", {})
+        logged = {"train/grad_norm": outputs["grad_norm"].item()}
+        if metrics:
+            values = torch.stack([v.detach().float().to(self.device) for v in metrics.values()])
+            if self.trainer.world_size > 1:
+                values = self.trainer.strategy.reduce(values, reduce_op="mean")
+            logged.update(zip((f"train/{k}" for k in metrics), values.tolist()))
+        return logged
 
     def snapshot_state(self) -> dict:
         """Stage counters a snapshot keeps (beyond weights, optimisers, data and budget)."""

@@ -50,16 +50,18 @@ class GRPOStage(OptimisedStage):
         sampling = Sampling(max_new_tokens=g.max_completion_length, temperature=g.temperature, top_k=g.top_k,
                             seed=self.seed * 1_000_003 + self.budget.steps * 1009 + self.rank, batch_size=len(prompts))
         prompt_ids, completion_ids = sample_ids(self.model, self.tokenizer, prompts, sampling, self.device)
-        rewards = score_completions(self.rewards, self.tokenizer, prompts, completion_ids,
-                                    [self.columns[i] for i in index for _ in range(G)])
+        local = score_completions(self.rewards, self.tokenizer, prompts, completion_ids,
+                                  [self.columns[i] for i in index for _ in range(G)])
+        # the statistics and a batch-scaled advantage are the global batch's (every rank's completions), as TRL's
+        rewards, lengths = self.gather(local), self.gather(torch.tensor([len(c) for c in completion_ids], dtype=torch.float))
         total = rewards @ torch.tensor([r.weight for r in self.rewards])
+        mine = slice(self.rank * len(prompts), (self.rank + 1) * len(prompts))
         seqs = [p + c for p, c in zip(prompt_ids, completion_ids)]
         ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
         mask = torch.zeros_like(ids)
         for j, (s, p) in enumerate(zip(seqs, prompt_ids)):
             ids[j, : len(s)] = torch.tensor(s)
             mask[j, len(p) : len(s)] = 1
-        lengths = torch.tensor([len(c) for c in completion_ids], dtype=torch.float)
         groups = total.view(-1, G)
         metrics = {"reward": total.mean(), "reward_std": total.std() if len(total) > 1 else torch.tensor(0.0),
                    "frac_reward_zero_std": (groups.std(1) < 1e-6).float().mean() if G > 1 else torch.tensor(1.0),
@@ -70,7 +72,13 @@ class GRPOStage(OptimisedStage):
             metrics[f"rewards/{r.name}/mean"] = rewards[:, k].mean()
             metrics[f"rewards/{r.name}/std"] = rewards[:, k].std() if len(total) > 1 else torch.tensor(0.0)
         return {"input_ids": ids.to(self.device), "mask": mask.to(self.device),
-                "advantages": group_advantages(total, G, g.scale_rewards).to(self.device), "metrics": metrics}
+                "advantages": group_advantages(total, G, g.scale_rewards)[mine].to(self.device), "metrics": metrics}
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's `rows` (equal counts), concatenated in rank order: this rank's own on one process."""
+        if self.trainer.world_size == 1:
+            return rows
+        return self.all_gather(rows.to(self.device)).flatten(0, 1).cpu()
 
     def token_logps(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs and entropies [N, T-1] of each sequence's next tokens (no attention mask: the

@@ -18,8 +18,7 @@ to a time budget, and one process to several where the CLI itself is not under t
 
 import os
 import shutil
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,19 +72,39 @@ def train_to_end(folder: Path, cache: Path, args: list[str]):
     return r, folder / "run"
 
 
+def start_train(args: list[str], cwd: Path, cache: Path) -> forked.Started:
+    """train.py started (a fork, as run_train's) and left running: signal it with os.kill(proc.pid, ...), read
+    its output (stdout and stderr in one) with `output_until`, end with proc.wait(timeout) and proc.close()."""
+    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    return forked.start([ROOT / "train.py", *args], cwd, env)
+
+
+def output_until(proc: forked.Started, text: str, timeout: float = 300) -> str:
+    """The run's output once `text` is in it (read every 2 ms: a tiny model's step takes about 10)."""
+    seen, deadline = "", time.monotonic() + timeout
+    with open(proc.path) as out:
+        while text not in seen:
+            ended = proc.poll() is not None
+            seen += out.read()
+            assert text in seen or not ended and time.monotonic() < deadline, seen[-3000:]
+            time.sleep(0.002)
+    return seen
+
+
 def start_and_signal(args: list[str], cwd: Path, cache: Path, sig: int, step: int) -> tuple[int, str]:
     """Start train.py and send `sig` to it when it prints step `step` (log_every must hit it):
     (exit code, the rest of its output)."""
-    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith(f"step {step:6d}"):
-            proc.send_signal(sig)
-            break
-    rest = proc.stdout.read()
-    return proc.wait(timeout=60), rest
+    proc = start_train(args, cwd, cache)
+    try:
+        line = f"step {step:6d}"
+        output_until(proc, line)
+        os.kill(proc.pid, sig)
+        code = proc.wait(60)
+        output = proc.output()
+        return code, output[output.index("\n", output.index(line)) + 1 :]
+    finally:
+        proc.close()
 
 
 def same_run(straight, resumed, run_dir: Path) -> None:

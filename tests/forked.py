@@ -16,6 +16,7 @@ import atexit
 import multiprocessing
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,19 +49,67 @@ def run(argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.Com
         return subprocess.CompletedProcess(cmd, proc.exitcode, out.read_text(), err.read_text())
 
 
+class Started:
+    """A run started with `start`: its pid (signal it with os.kill), its output so far (stdout and stderr in
+    one file, as subprocess's stderr=STDOUT gives them), and its exit code once it ends (-N: killed by signal N)."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict):
+        self.argv = [str(a) for a in argv]
+        self._tmp = tempfile.TemporaryDirectory(prefix="forked-")
+        self.path = Path(self._tmp.name) / "output"
+        self.path.touch()
+        if ENABLED:
+            self._proc = _context.Process(target=_main, args=(self.argv, str(cwd), env, str(self.path), str(self.path)))
+            self._proc.start()
+        else:
+            with open(self.path, "w") as f:
+                self._proc = subprocess.Popen([sys.executable, *self.argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        self.pid = self._proc.pid
+
+    def output(self) -> str:
+        return self.path.read_text(errors="replace")
+
+    def poll(self) -> int | None:
+        return self._proc.exitcode if ENABLED else self._proc.poll()
+
+    def wait(self, timeout: float) -> int:
+        if ENABLED:
+            self._proc.join(timeout)
+            code = self._proc.exitcode
+        else:
+            code = self._proc.wait(timeout)
+        if code is None:
+            self._proc.kill()
+            raise subprocess.TimeoutExpired(self.argv, timeout, self.output())
+        return code
+
+    def close(self) -> None:
+        if self.poll() is None:
+            self._proc.kill()
+        self._tmp.cleanup()
+
+
+def start(argv: list[str], cwd: Path, env: dict) -> Started:
+    """`python *argv` started as `run` starts it, without waiting for it (PYTHONUNBUFFERED=1 in env: its output
+    reaches the file line by line, as the interpreter's -u gives it)."""
+    return Started(argv, cwd, env)
+
+
 def _main(argv: list[str], cwd: str, env: dict, out: str, err: str) -> None:
     """In the fork: become `python *argv` and end with its exit code."""
     os.chdir(cwd)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a new interpreter from a terminal has it
     added = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     sys.path[1:1] = added  # after the script's folder, as the interpreter puts PYTHONPATH
     os.environ.clear()
     os.environ.update(env)
     for fd, path in ((1, out), (2, err)):
-        f = os.open(path, os.O_WRONLY)
+        f = os.open(path, os.O_WRONLY | os.O_APPEND)  # appending: stdout and stderr may share one file
         os.dup2(f, fd)
         os.close(f)
-    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
-    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
+    line = 1 if env.get("PYTHONUNBUFFERED") else -1  # python -u: each line reaches the file as it is printed
+    sys.stdout = open(1, "w", buffering=line, encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", buffering=line, encoding="utf-8", closefd=False)
     module = argv[1] if argv[0] == "-m" else None
     sys.argv = argv[1:] if module else argv  # as the interpreter sets them (runpy puts a module's file first)
     sys.path[0] = cwd if module else os.path.dirname(os.path.abspath(argv[0]))

@@ -5,46 +5,29 @@ the snapshot (status `crash`, exit 1). preemption.py owns the signal.
     pytest tests/test_interrupt.py -q
 
 A child started from a non-interactive shell or pytest may inherit SIGINT ignored: each train.py here
-starts with SIGINT at its default, as from a terminal, or these tests would test nothing.
+(conftest.start_train: a fork) starts with Python's own SIGINT handler, as from a terminal, or these tests
+would test nothing.
 """
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT, TINY, run_train
+from conftest import TINY, output_until, run_train, start_train
 
 from autolab import report, resume
 
 RUN = [*TINY, "trainer.max_steps=30", "trainer.log_every=5", "logger=none"]
 
 
-def _start(args: list[str], cwd: Path, cache: Path) -> subprocess.Popen:
-    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _read_until(proc: subprocess.Popen, start: str) -> str:
-    """The child's output up to the first line that starts with `start` (all of it if none does)."""
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith(start):
-            break
-    return "".join(seen)
-
-
 def test_ctrl_c_snapshots_the_step_exits_interrupted_and_resumes(tmp_path, cache):
     run_dir = tmp_path / "run"
-    proc = _start([*RUN, "trainer.snapshot_every_steps=7", f"hydra.run.dir={run_dir}"], tmp_path, cache)
-    _read_until(proc, f"step {10:6d}")
-    proc.send_signal(signal.SIGINT)
-    output = proc.stdout.read()
+    proc = start_train([*RUN, "trainer.snapshot_every_steps=7", f"hydra.run.dir={run_dir}"], tmp_path, cache)
+    output_until(proc, f"step {10:6d}")
+    os.kill(proc.pid, signal.SIGINT)
     code = proc.wait(timeout=120)
+    output = proc.output()
+    proc.close()
     assert "received SIGINT: snapshot at the end of this step, then stop" in output, output[-2000:]
     assert code == 3 and f"continue it with `python train.py resume={run_dir}`" in output, output[-2000:]
     row = report.read_ledger(tmp_path / "results.tsv")[-1]
@@ -69,14 +52,14 @@ def test_a_second_ctrl_c_stops_at_once_without_the_snapshot(tmp_path, cache):
     run_dir = tmp_path / "run"
     slow = [*RUN, "data.seq_len=256", "data.batch_size=32", "model.n_layer=4", "model.n_head=8", "model.n_embd=512",
             "trainer.log_every=1", f"hydra.run.dir={run_dir}"]  # TINY's model steps too fast for two signals
-    proc = _start(slow, tmp_path, cache)
-    _read_until(proc, f"step {2:6d}")
-    proc.send_signal(signal.SIGINT)
-    output = _read_until(proc, "received SIGINT")
-    assert "Ctrl-C again to stop at once" in output, output[-2000:]  # today's code: no such line, it just dies
-    proc.send_signal(signal.SIGINT)
-    output += proc.stdout.read()
+    proc = start_train(slow, tmp_path, cache)
+    output_until(proc, f"step {2:6d}")
+    os.kill(proc.pid, signal.SIGINT)
+    output = output_until(proc, "Ctrl-C again to stop at once")  # today's code: no such line, it just dies
+    os.kill(proc.pid, signal.SIGINT)
     code = proc.wait(timeout=60)  # a bound, not a speed measurement: no snapshot, no evaluation to wait for
+    output = proc.output()
+    proc.close()
     assert code == 1, output[-2000:]
     assert resume.find(run_dir) is None  # the snapshot of the step was not written
     assert "received SIGINT again: stopping at once" in output and "Traceback" not in output, output[-2000:]
@@ -92,27 +75,25 @@ def _wandb_service_of(pid: int) -> int:
     raise AssertionError(f"no wandb-core child of {pid}")
 
 
-def _stop_at_step_5(run_dir: Path, cwd: Path, cache: Path, service_too: bool) -> tuple[int, str, str]:
+def _stop_at_step_5(run_dir: Path, cwd: Path, cache: Path, service_too: bool) -> tuple[int, str]:
     """A run with W&B (offline) sent SIGTERM at step 5; with `service_too`, its W&B service as well,
-    as SLURM stops every process of a job (preemption, scancel, `scontrol requeue`): (code, stdout, stderr)."""
-    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
-    args = [*TINY, "trainer.max_steps=30", "trainer.log_every=5", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _read_until(proc, f"step {5:6d}")
+    as SLURM stops every process of a job (preemption, scancel, `scontrol requeue`): (code, output)."""
+    proc = start_train([*TINY, "trainer.max_steps=30", "trainer.log_every=5", f"hydra.run.dir={run_dir}"], cwd, cache)
+    output_until(proc, f"step {5:6d}")
     if service_too:
         os.kill(_wandb_service_of(proc.pid), signal.SIGTERM)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    return proc.returncode, out, err
+    os.kill(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    output = proc.output()
+    proc.close()
+    return code, output
 
 
 def test_an_interrupted_run_closes_its_wandb_run_with_its_status(tmp_path, cache):
     from wandb_records import summary
 
-    code, out, err = _stop_at_step_5(tmp_path / "run", tmp_path, cache, service_too=False)
-    assert code == 3 and "Traceback" not in err, err[-2000:]
+    code, output = _stop_at_step_5(tmp_path / "run", tmp_path, cache, service_too=False)
+    assert code == 3 and "Traceback" not in output, output[-2000:]
     run_file = next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert summary(run_file)["status"] == "interrupted"
 
@@ -120,8 +101,8 @@ def test_an_interrupted_run_closes_its_wandb_run_with_its_status(tmp_path, cache
 def test_a_job_whose_wandb_service_was_stopped_with_it_ends_without_a_traceback(tmp_path, cache):
     """The requeued attempts of a SLURM job had W&B's `ConnectionResetError: Connection lost`
     traceback in their logs, twice (at the close, then in W&B's exit hook), and no summary block."""
-    code, out, err = _stop_at_step_5(tmp_path / "run", tmp_path, cache, service_too=True)
-    assert code == 3 and "Traceback" not in err, err[-2000:]
-    said = [line for line in err.splitlines() if line.startswith("W&B:")]
+    code, output = _stop_at_step_5(tmp_path / "run", tmp_path, cache, service_too=True)
+    assert code == 3 and "Traceback" not in output, output[-2000:]
+    said = [line for line in output.splitlines() if line.startswith("W&B:")]
     assert said and all(line.startswith("W&B: its service process was stopped with the job") for line in said)
-    assert report.parse_summary(out)["status"] == "interrupted"  # the summary block is printed whole
+    assert report.parse_summary(output)["status"] == "interrupted"  # the summary block is printed whole

@@ -6,12 +6,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT, TINY, run_train, start_train
 from safetensors.torch import load_file
 
 from autolab import report
@@ -107,15 +106,13 @@ def test_preempted_job_requeues_and_ends_bit_identical(slurm, tmp_path, cache):
     sweep = tmp_path / "sweep"
     args = [*SLURM, *JOB, "trainer.max_steps=400", "trainer.log_every=10", "trainer.snapshot_every_steps=25",
             "description=straight,interrupted", f"hydra.sweep.dir={sweep}"]
-    env = {**os.environ, "AUTOLAB_CACHE": str(cache), "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
-    sweep_proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep_proc = start_train(args, tmp_path, cache)
     job, log = _job_log(sweep, "*_1")
     _wait_for_line(log, "step     60")  # past the snapshot at step 50
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    out, _ = sweep_proc.communicate(timeout=400)
-    assert sweep_proc.returncode == 0, out[-3000:]
+    code, out = sweep_proc.wait(400), sweep_proc.output()
+    sweep_proc.close()
+    assert code == 0, out[-3000:]
 
     rows = _jobs_ran(tmp_path / "results.tsv", sweep)
     by_dir: dict[str, list[str]] = {}
@@ -158,15 +155,14 @@ def _oom_kill(job: str) -> None:
 ])
 def test_a_cancelled_or_killed_job_leaves_one_row_and_the_sweep_reports(how, statuses, slurm, tmp_path, cache):
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "AUTOLAB_CACHE": str(cache)}
-    sweep_proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *SLURM, *JOB, "logger=none",
-                                   "trainer.max_steps=400", "trainer.log_every=10", f"hydra.sweep.dir={sweep}"],
-                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep_proc = start_train([*SLURM, *JOB, "logger=none", "trainer.max_steps=400", "trainer.log_every=10",
+                              f"hydra.sweep.dir={sweep}"], tmp_path, cache)
     job, log = _job_log(sweep)
     _wait_for_line(log, "step     20")
     subprocess.run(["scancel", job], check=True) if how == "scancel" else _oom_kill(job)
-    out, _ = sweep_proc.communicate(timeout=300)
-    assert sweep_proc.returncode == 0, out[-3000:]
+    code, out = sweep_proc.wait(300), sweep_proc.output()
+    sweep_proc.close()
+    assert code == 0, out[-3000:]
     rows = _jobs_ran(tmp_path / "results.tsv", sweep)
     assert [(r["status"], r["job_id"], r["stdout"]) for r in rows] == [(s, job, str(log)) for s in statuses]
     assert f"| {statuses[-1]} |" in (sweep / "summary.md").read_text()

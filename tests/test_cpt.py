@@ -58,6 +58,14 @@ def test_cpt_replay_experiment_starts_from_a_cached_base(tmp_path, cache):
     again = run_train(args, tmp_path, cache)  # a second job reuses the base instead of retraining it
     assert again.returncode == 0 and "not cached yet" not in again.stdout
     assert len(report.read_ledger(tmp_path / "results.tsv")) == 3
+    table = again.stdout[again.stdout.index("\npipeline:"):].splitlines()[4:]  # every stage, each with its status
+    assert [line.split(" | ")[:2] for line in table] == [["| quickstart", "pretrain"], ["| cpt_replay", "cpt"]]
+    assert all(line.endswith("| ok |") for line in table)
+
+    bad = run_train([*args, "data.domain=nope"], tmp_path, cache)  # refused once the base is there: no summary.json
+    assert bad.returncode == 2
+    assert bad.stdout[bad.stdout.index("\npipeline:"):].splitlines()[-1].startswith("| cpt_replay | cpt | n/a")
+    assert bad.stdout.rstrip().endswith("| invalid |")  # the table's last row says how this run ended
 
 
 @pytest.fixture

@@ -28,6 +28,11 @@ def exit_code(status: str) -> int:
     return STATUSES[status][0]
 
 
+def status_of(code: int) -> str:
+    """The status a run's exit code stands for."""
+    return next((status for status, (c, _) in STATUSES.items() if c == code), "crash")
+
+
 SUMMARY_KEYS = (  # printed in this order; more keys may follow
     "val_bpb",
     "training_seconds",

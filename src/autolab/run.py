@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> int | float | None:
     code = run(cfg, experiment=_experiment_name(), identity=_run_identity())
     out = Path(cfg.get("resume") or cfg.output_dir)
     if _CHAIN and distributed.env_rank() == 0:  # a pipeline: every stage it stands on, then this one
-        _print_chain([*_CHAIN, (_experiment_name(), out)])
+        _print_chain([*_CHAIN, (_experiment_name(), out)], last={"stage": cfg.stage.name, "status": report.status_of(code)})
     if code == report.exit_code("interrupted") or (code and not _in_multirun()):  # a signal ends the process, sweep or not
         sys.exit(code)
     if _in_multirun() and distributed.env_rank() == 0:
@@ -61,14 +61,15 @@ def main(cfg: DictConfig) -> int | float | None:
     return code
 
 
-def _print_chain(chain: list[tuple[str, Path]]) -> None:
+def _print_chain(chain: list[tuple[str, Path]], last: dict) -> None:
+    """The pipeline's table; `last`: this run's stage and status, for a run that wrote no summary.json (invalid)."""
     keys = ("val_bpb", "replay_val_bpb", "reward_accuracy", "win_rate", "preamble_prob", "num_steps", "status")
     print("\npipeline:")
     print("| experiment | stage | " + " | ".join(keys) + " |")
     print("|" + " --- |" * (len(keys) + 2))
-    for name, folder in chain:
+    for k, (name, folder) in enumerate(chain):
         path = Path(folder) / "summary.json"
-        m = json.loads(path.read_text()) if path.exists() else {}
+        m = json.loads(path.read_text()) if path.exists() else last if k == len(chain) - 1 else {}
         print(f"| {name} | {m.get('stage', '?')} | " + " | ".join(report.format_value(m.get(k), k) for k in keys) + " |")
 
 

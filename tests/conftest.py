@@ -74,7 +74,7 @@ def train_to_end(folder: Path, cache: Path, args: list[str]):
 
 def start_train(args: list[str], cwd: Path, cache: Path) -> forked.Started:
     """train.py started (a fork, as run_train's) and left running: signal it with os.kill(proc.pid, ...), read
-    its output (stdout and stderr in one) with `output_until`, end with proc.wait(timeout) and proc.close()."""
+    its output (stdout and stderr in one) with `output_until`, end with proc.finish(timeout) -> (code, output)."""
     env = {**os.environ, "AUTOLAB_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)
     return forked.start([ROOT / "train.py", *args], cwd, env)
@@ -95,16 +95,15 @@ def output_until(proc: forked.Started, text: str, timeout: float = 300) -> str:
 def start_and_signal(args: list[str], cwd: Path, cache: Path, sig: int, step: int) -> tuple[int, str]:
     """Start train.py and send `sig` to it when it prints step `step` (log_every must hit it):
     (exit code, the rest of its output)."""
-    proc = start_train(args, cwd, cache)
+    proc, line = start_train(args, cwd, cache), f"step {step:6d}"
     try:
-        line = f"step {step:6d}"
         output_until(proc, line)
         os.kill(proc.pid, sig)
-        code = proc.wait(60)
-        output = proc.output()
-        return code, output[output.index("\n", output.index(line)) + 1 :]
-    finally:
-        proc.close()
+    except BaseException:
+        proc.close()  # it never printed the line: stopped, not waited for
+        raise
+    code, output = proc.finish(60)
+    return code, output[output.index("\n", output.index(line)) + 1 :]
 
 
 def same_run(straight, resumed, run_dir: Path) -> None:

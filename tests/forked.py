@@ -83,6 +83,13 @@ class Started:
             raise subprocess.TimeoutExpired(self.argv, timeout, self.output())
         return code
 
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """(exit code, whole output) once it ends, then `close`."""
+        try:
+            return self.wait(timeout), self.output()
+        finally:
+            self.close()
+
     def close(self) -> None:
         if self.poll() is None:
             self._proc.kill()

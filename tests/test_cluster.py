@@ -110,8 +110,7 @@ def test_preempted_job_requeues_and_ends_bit_identical(slurm, tmp_path, cache):
     job, log = _job_log(sweep, "*_1")
     _wait_for_line(log, "step     60")  # past the snapshot at step 50
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    code, out = sweep_proc.wait(400), sweep_proc.output()
-    sweep_proc.close()
+    code, out = sweep_proc.finish(400)
     assert code == 0, out[-3000:]
 
     rows = _jobs_ran(tmp_path / "results.tsv", sweep)
@@ -160,8 +159,7 @@ def test_a_cancelled_or_killed_job_leaves_one_row_and_the_sweep_reports(how, sta
     job, log = _job_log(sweep)
     _wait_for_line(log, "step     20")
     subprocess.run(["scancel", job], check=True) if how == "scancel" else _oom_kill(job)
-    code, out = sweep_proc.wait(300), sweep_proc.output()
-    sweep_proc.close()
+    code, out = sweep_proc.finish(300)
     assert code == 0, out[-3000:]
     rows = _jobs_ran(tmp_path / "results.tsv", sweep)
     assert [(r["status"], r["job_id"], r["stdout"]) for r in rows] == [(s, job, str(log)) for s in statuses]

@@ -25,9 +25,7 @@ def test_ctrl_c_snapshots_the_step_exits_interrupted_and_resumes(tmp_path, cache
     proc = start_train([*RUN, "trainer.snapshot_every_steps=7", f"hydra.run.dir={run_dir}"], tmp_path, cache)
     output_until(proc, f"step {10:6d}")
     os.kill(proc.pid, signal.SIGINT)
-    code = proc.wait(timeout=120)
-    output = proc.output()
-    proc.close()
+    code, output = proc.finish(120)
     assert "received SIGINT: snapshot at the end of this step, then stop" in output, output[-2000:]
     assert code == 3 and f"continue it with `python train.py resume={run_dir}`" in output, output[-2000:]
     row = report.read_ledger(tmp_path / "results.tsv")[-1]
@@ -57,9 +55,7 @@ def test_a_second_ctrl_c_stops_at_once_without_the_snapshot(tmp_path, cache):
     os.kill(proc.pid, signal.SIGINT)
     output = output_until(proc, "Ctrl-C again to stop at once")  # today's code: no such line, it just dies
     os.kill(proc.pid, signal.SIGINT)
-    code = proc.wait(timeout=60)  # a bound, not a speed measurement: no snapshot, no evaluation to wait for
-    output = proc.output()
-    proc.close()
+    code, output = proc.finish(60)  # a bound, not a speed measurement: no snapshot, no evaluation to wait for
     assert code == 1, output[-2000:]
     assert resume.find(run_dir) is None  # the snapshot of the step was not written
     assert "received SIGINT again: stopping at once" in output and "Traceback" not in output, output[-2000:]
@@ -83,10 +79,7 @@ def _stop_at_step_5(run_dir: Path, cwd: Path, cache: Path, service_too: bool) ->
     if service_too:
         os.kill(_wandb_service_of(proc.pid), signal.SIGTERM)
     os.kill(proc.pid, signal.SIGTERM)
-    code = proc.wait(timeout=120)
-    output = proc.output()
-    proc.close()
-    return code, output
+    return proc.finish(120)
 
 
 def test_an_interrupted_run_closes_its_wandb_run_with_its_status(tmp_path, cache):

@@ -67,9 +67,9 @@ def _print_chain(chain: list[tuple[str, Path]], last: dict) -> None:
     print("\npipeline:")
     print("| experiment | stage | " + " | ".join(keys) + " |")
     print("|" + " --- |" * (len(keys) + 2))
-    for k, (name, folder) in enumerate(chain):
+    for i, (name, folder) in enumerate(chain):
         path = Path(folder) / "summary.json"
-        m = json.loads(path.read_text()) if path.exists() else last if k == len(chain) - 1 else {}
+        m = json.loads(path.read_text()) if path.exists() else last if i == len(chain) - 1 else {}
         print(f"| {name} | {m.get('stage', '?')} | " + " | ".join(report.format_value(m.get(k), k) for k in keys) + " |")
 
 

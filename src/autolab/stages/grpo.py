@@ -52,8 +52,11 @@ class GRPOStage(OptimisedStage):
         prompt_ids, completion_ids = sample_ids(self.model, self.tokenizer, prompts, sampling, self.device)
         local = score_completions(self.rewards, self.tokenizer, prompts, completion_ids,
                                   [self.columns[i] for i in index for _ in range(G)])
-        # the statistics and a batch-scaled advantage are the global batch's (every rank's completions), as TRL's
-        rewards, lengths = self.gather(local), self.gather(torch.tensor([len(c) for c in completion_ids], dtype=torch.float))
+        # the statistics and a batch-scaled advantage are the global batch's (every rank's completions), as TRL's:
+        # each completion's rewards and its length, gathered in one collective
+        lengths = torch.tensor([[len(c)] for c in completion_ids], dtype=local.dtype)
+        everyone = self.gather(torch.cat([local, lengths], dim=1))
+        rewards, lengths = everyone[:, :-1], everyone[:, -1]
         total = rewards @ torch.tensor([r.weight for r in self.rewards])
         mine = slice(self.rank * len(prompts), (self.rank + 1) * len(prompts))
         seqs = [p + c for p, c in zip(prompt_ids, completion_ids)]

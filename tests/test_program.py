@@ -17,6 +17,7 @@ TINY = """# @package _global_
 defaults:
   - quickstart
   - override /logger: none
+model: {n_layer: 2, n_head: 2, n_embd: 32}  # conftest.SMALL_MODEL: the evaluations, not the 6 steps, cost most
 trainer: {max_steps: 6, log_every: 2}
 data: {seq_len: 64, batch_size: 4}
 eval: {batch_size: 64}

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
+import functools
 import hashlib
 import itertools
 import json
@@ -139,22 +140,30 @@ def _topic_documents() -> Iterator[tuple[str, str]]:
                 yield f"topic/{name}/{i}", text.strip() + "\n"
 
 
+@functools.cache
+def _stdlib_split() -> tuple[tuple[str, str, str], ...]:
+    """(id, prose, code) of every standard-library module, parsed once a process: four of prepare.py's
+    sets read them (prose, code, the preference pairs, the tasks), and parsing is most of their cost."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    split = []
+    for path in _stdlib_sources():
+        try:
+            split.append((str(path.relative_to(root)), *_split_module(path.read_text(encoding="utf-8"))))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+    return tuple(split)
+
+
 def embedded_documents(domain: str) -> Iterator[tuple[str, str]]:
     """Documents of an embedded domain as (id, text), in a fixed order."""
     if domain not in DOMAINS:
         raise PrepareError(f"unknown embedded domain {domain!r}: choose one of {DOMAINS}")
-    root = Path(sysconfig.get_paths()["stdlib"])
     if domain == "prose":
         yield from _topic_documents()
-    for path in _stdlib_sources():
-        try:
-            source = path.read_text(encoding="utf-8")
-            prose, code = _split_module(source)
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
+    for doc_id, prose, code in _stdlib_split():
         text = prose if domain == "prose" else code
         if len(text) > 200:
-            yield str(path.relative_to(root)), text.rstrip() + "\n"
+            yield doc_id, text.rstrip() + "\n"
 
 
 SOURCES = "sources"  # third-party code installed on this machine: the real corpus a GPU run needs

@@ -11,18 +11,19 @@ import re
 import subprocess
 
 from autolab import report
+from conftest import SMALL_MODEL
 from project import ROOT, copy_project, env_for, git
 
 TINY = """# @package _global_
 defaults:
   - quickstart
   - override /logger: none
-model: {n_layer: 2, n_head: 2, n_embd: 32}  # conftest.SMALL_MODEL: the evaluations, not the 6 steps, cost most
+model: %s  # conftest.SMALL_MODEL: the evaluations, not the 6 steps, cost most
 trainer: {max_steps: 6, log_every: 2}
 data: {seq_len: 64, batch_size: 4}
 eval: {batch_size: 64}
-schedule: {peak_lr: %s}
-"""
+schedule: {peak_lr: %%s}
+""" % ("{" + ", ".join(o.removeprefix("model.").replace("=", ": ") for o in SMALL_MODEL) + "}")
 
 
 def program_blocks() -> dict[str, str]:

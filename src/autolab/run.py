@@ -67,9 +67,9 @@ def _print_chain(chain: list[tuple[str, Path]], last: dict) -> None:
     print("\npipeline:")
     print("| experiment | stage | " + " | ".join(keys) + " |")
     print("|" + " --- |" * (len(keys) + 2))
-    for i, (name, folder) in enumerate(chain):
-        path = Path(folder) / "summary.json"
-        m = json.loads(path.read_text()) if path.exists() else last if i == len(chain) - 1 else {}
+    summaries = [json.loads(p.read_text()) if (p := Path(folder) / "summary.json").exists() else {} for _, folder in chain]
+    summaries[-1] = summaries[-1] or last
+    for (name, _), m in zip(chain, summaries):
         print(f"| {name} | {m.get('stage', '?')} | " + " | ".join(report.format_value(m.get(k), k) for k in keys) + " |")
 
 

@@ -256,7 +256,7 @@ def test_prefgen_writes_a_set_that_dpo_trains_on(checkpoint, cache, tmp_path):
     assert all(set(row) == {"prompt", "chosen", "rejected"} and row["chosen"] != row["rejected"] for row in rows)
     assert len(rows) >= 8, s  # enough for the DPO run below
 
-    dpo = ["stage=dpo", "data=code", "+experiment=quickstart", f"init_from={checkpoint}", f"dpo.dataset={s['preferences']}",
+    dpo = ["stage=dpo", "data.domain=chat", "+experiment=quickstart", f"init_from={checkpoint}", f"dpo.dataset={s['preferences']}",
            "trainer.max_steps=3", "data.seq_len=64", "dpo.batch_size=2", "dpo.max_length=96", "dpo.behaviour_prompts=2",
            "eval.batch_size=64", "logger=none"]
     r = run_train(dpo, tmp_path, cache)

@@ -13,9 +13,12 @@ Helpers: `TINY` (the overrides every end-to-end run starts from: quickstart's re
 Speed (the whole suite is meant to run in minutes on 2 cores): every train.py process costs seconds of
 imports and scores 500 KB of text per domain, so prefer a session fixture to a new run, `TINY`'s few steps
 to a time budget, and one process to several where the CLI itself is not under test. Under pytest-xdist
-(`-n 2 --dist loadfile`) each worker gets its own copy of the cache, prepared once for all.
+(`-n 2 --dist loadfile`) each worker gets its own copy of the cache, prepared once for all, and the files
+go out longest first by tests/durations.json (refresh it with `--store-durations` after adding a slow file).
 """
 
+import collections
+import json
 import os
 import shutil
 import time
@@ -32,6 +35,37 @@ import forked  # noqa: E402  (after the thread count: it starts nothing, but its
 import prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DURATIONS = Path(__file__).with_name("durations.json")  # seconds a test file took: `pytest ... --store-durations`
+_seconds: collections.Counter = collections.Counter()  # this run's, by test file (on xdist's controller: all workers')
+
+
+def pytest_addoption(parser):
+    parser.addoption("--store-durations", action="store_true",
+                     help=f"write the seconds each test file took (setup, call, teardown) into {DURATIONS.name}")
+
+
+def pytest_configure(config):
+    config.option.loadscopereorder = False  # xdist --dist loadfile hands out files in the order below, not its own
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest test files first (durations.json; a file it does not know first of all), each file's tests in
+    their order: under `-n 2 --dist loadfile` no worker is left with a long file at the end while the other
+    idles (xdist's own order, the files with most tests first, ran one-test files of a minute last)."""
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], float("inf")))
+
+
+def pytest_runtest_logreport(report):
+    _seconds[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_sessionfinish(session):
+    if session.config.getoption("store_durations") and not hasattr(session.config, "workerinput"):  # the controller's sums
+        kept = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}  # files this run did not run stay
+        kept.update({f: round(s, 1) for f, s in _seconds.items()})
+        DURATIONS.write_text(json.dumps(dict(sorted(kept.items())), indent=1) + "\n")
+
 
 
 def _prepare(path: Path) -> None:
@@ -148,8 +182,9 @@ TINY = [  # a few CPU steps of the tiny model: what every end-to-end test starts
 
 
 def base_overrides(*overrides: str) -> str:
-    """`base_overrides=[...]` for an `experiment:NAME` base: the small model, then `overrides`."""
-    return "base_overrides=[" + ",".join(f'"{o}"' for o in [*SMALL_MODEL, *overrides]) + "]"
+    """`base_overrides=[...]` for an `experiment:NAME` base: the small model without W&B (no test reads a
+    base's W&B run; its service costs a second or two a run), then `overrides`."""
+    return "base_overrides=[" + ",".join(f'"{o}"' for o in [*SMALL_MODEL, "logger=none", *overrides]) + "]"
 
 
 @pytest.fixture(scope="session")

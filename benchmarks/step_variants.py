@@ -8,6 +8,7 @@ Variants:
   base      the default: the loss compiled whole (model, soft cap, cross-entropy), torch.compile's default mode
   cdt       base with inductor's coordinate-descent tuning of its Triton kernels' launch settings
   autotune  base compiled with mode="max-autotune-no-cudagraphs" (Triton matmul templates, epilogue fusion)
+  fusion    base with inductor's aggressive_fusion: elementwise kernels fused even where they share no input
   flce      liger-kernel's fused linear cross-entropy with the soft cap (the logits never written whole):
             the model's final hidden states and the head's weight in bf16, the rest compiled as in base
             (needs the optional extra: pip install -e '.[gpu]')
@@ -56,7 +57,7 @@ def main() -> None:
     from throughput import bare_step
 
     p = argparse.ArgumentParser()
-    p.add_argument("--variant", default="base", choices=["base", "cdt", "autotune", "flce"])
+    p.add_argument("--variant", default="base", choices=["base", "cdt", "autotune", "fusion", "flce"])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=12)
     p.add_argument("--out", type=Path, default=None)
@@ -66,6 +67,8 @@ def main() -> None:
     use_attention(cfg.trainer.attention)
     if args.variant == "cdt":
         torch._inductor.config.coordinate_descent_tuning = True
+    if args.variant == "fusion":
+        torch._inductor.config.aggressive_fusion = True
     tok = prepare.Tokenizer.load()
     torch.manual_seed(cfg.seed)
     model = build_gpt(cfg.model, tok.vocab_size).to(device)

@@ -67,7 +67,6 @@ def pytest_sessionfinish(session):
         DURATIONS.write_text(json.dumps(dict(sorted(kept.items())), indent=1) + "\n")
 
 
-
 def _prepare(path: Path) -> None:
     os.environ["AUTOLAB_CACHE"] = str(path)
     assert prepare.main([]) == 0

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -247,8 +248,8 @@ def test_local_slots_run_jobs_side_by_side(tmp_path, cache):
     assert sorted(row["status"] for row in rows) == ["ok"] * 3 and len({row["job_id"] for row in rows}) == 3
     spans = []  # (its process started: submitit's first log line, ended: its summary is written)
     for row in rows:  # not the run's started_at: that comes after seconds of imports, longer than a tiny run
-        started = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\)", Path(row["stdout"]).read_text()).group(1)
-        spans.append((time.mktime(time.strptime(started[:-4], "%Y-%m-%d %H:%M:%S")) + int(started[-3:]) / 1000,
+        started = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\)", Path(row["stdout"]).read_text())[1]
+        spans.append((datetime.strptime(started, "%Y-%m-%d %H:%M:%S,%f").timestamp(),  # local time, as logging writes it
                       (Path(row["output_dir"]) / "summary.json").stat().st_mtime))
     spans.sort()
     assert spans[1][0] < spans[0][1]  # the second started before the first ended: side by side

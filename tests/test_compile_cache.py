@@ -18,12 +18,11 @@ print(folder, counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["f
 """
 
 
-def _compile_in_new_process(cache, env_extra=None):
+def _compile_in_new_process(cache):
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     # inductor's own check of the CPU's vector instructions builds ten small C++ probes (10 of the first process's
     # 14 s on the developer machine); the CPU's flags say the same, and the graph cache is what is tested here
     env["TORCHINDUCTOR_VEC_ISA_OK"] = "1"
-    env.update(env_extra or {})
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(cache)], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     folder, hits, misses = out.stdout.split()[-3:]

@@ -4,14 +4,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import TINY, base_overrides, run_train, same_run, start_and_signal, train_to_end
+from conftest import QUICK_DOMAIN, TINY, base_overrides, run_train, same_run, start_and_signal, train_to_end
 from transformers import AutoModelForCausalLM
 
 import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes
 from autolab import report
 
-DPO = [*TINY, "stage=dpo", "data.domain=chat", "init_from=experiment:quickstart", base_overrides("trainer.max_steps=4", "data.seq_len=64", "data.batch_size=4"),
-       # chat: the smallest validation text to score (34k tokens; code's 123k cost 3x the seconds of every run)
+DPO = [*TINY, "stage=dpo", QUICK_DOMAIN, "init_from=experiment:quickstart", base_overrides("trainer.max_steps=4", "data.seq_len=64", "data.batch_size=4"),
        "dpo.batch_size=4", "dpo.eval_batch_size=64", "dpo.max_length=64", "dpo.behaviour_prompts=4",
        "dpo.max_eval_pairs=64",  # reward_accuracy on 64 held-out pairs, not the embedded 336: runs here compare alike
        "schedule.peak_lr=1e-3", "logger=none"]

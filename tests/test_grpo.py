@@ -7,14 +7,14 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_MODEL, TINY, base_overrides, run_train, same_run, start_and_signal, train_to_end
+from conftest import QUICK_DOMAIN, SMALL_MODEL, TINY, base_overrides, run_train, same_run, start_and_signal, train_to_end
 
 import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes
 from autolab import report
 
 SMALL = ["grpo.batch_size=4", "grpo.num_generations=4", "grpo.max_completion_length=8", "grpo.eval_prompts=16",
          "grpo.eval_batch_size=16", "schedule.peak_lr=1e-3"]
-GRPO = [*TINY, "stage=grpo", "data.domain=chat", "init_from=experiment:quickstart",  # chat: scored fastest (test_dpo.DPO)
+GRPO = [*TINY, "stage=grpo", QUICK_DOMAIN, "init_from=experiment:quickstart",
         base_overrides("trainer.max_steps=4", "data.seq_len=64", "data.batch_size=4"), *SMALL]
 
 

@@ -14,16 +14,21 @@ from autolab import report
 from conftest import SMALL_MODEL
 from project import ROOT, copy_project, env_for, git
 
-TINY = """# @package _global_
+MODEL = "{" + ", ".join(o.removeprefix("model.").replace("=", ": ") for o in SMALL_MODEL) + "}"
+
+
+def tiny(peak_lr: str) -> str:
+    """An agent's conf/experiment file: quickstart on conftest.SMALL_MODEL (its evaluations, not its 6 steps, cost most)."""
+    return f"""# @package _global_
 defaults:
   - quickstart
   - override /logger: none
-model: %s  # conftest.SMALL_MODEL: the evaluations, not the 6 steps, cost most
-trainer: {max_steps: 6, log_every: 2}
-data: {seq_len: 64, batch_size: 4}
-eval: {batch_size: 64}
-schedule: {peak_lr: %%s}
-""" % ("{" + ", ".join(o.removeprefix("model.").replace("=", ": ") for o in SMALL_MODEL) + "}")
+model: {MODEL}
+trainer: {{max_steps: 6, log_every: 2}}
+data: {{seq_len: 64, batch_size: 4}}
+eval: {{batch_size: 64}}
+schedule: {{peak_lr: {peak_lr}}}
+"""
 
 
 def program_blocks() -> dict[str, str]:
@@ -59,7 +64,7 @@ def test_program_md_loop_runs_as_written(tmp_path, cache):
     blocks = program_blocks()
     assert {"setup", "baseline", "experiment", "keep", "discard", "wave"} <= blocks.keys()
     repo = copy_project(tmp_path / "repo")
-    (repo / "conf/experiment/tiny.yaml").write_text(TINY % "1.0e-4")  # the agent's starting point
+    (repo / "conf/experiment/tiny.yaml").write_text(tiny("1.0e-4"))  # the agent's starting point
     git(repo, "add", "conf")
     git(repo, "commit", "-qm", "a tiny config to start from")
     git(repo, "config", "--unset", "user.name")  # a fresh machine: setup gives git an identity
@@ -75,7 +80,7 @@ def test_program_md_loop_runs_as_written(tmp_path, cache):
     best = min(float(r["val_bpb"]) for r in report.read_ledger(repo / "results.tsv"))
 
     # experiment 1: a new conf/experiment file, a learning rate that learns in six steps: kept
-    (repo / "conf/experiment/tiny_lr.yaml").write_text(TINY % "1.0e-2")
+    (repo / "conf/experiment/tiny_lr.yaml").write_text(tiny("1.0e-2"))
     out = run_block(repo, cache, blocks["experiment"], experiment="tiny_lr", **{"what and why": "a higher lr"})
     assert "committed " in out and "try: a higher lr" in out
     tried = git(repo, "rev-parse", "HEAD").strip()
@@ -85,7 +90,7 @@ def test_program_md_loop_runs_as_written(tmp_path, cache):
     run_block(repo, cache, blocks["keep"], tag="t")
 
     # experiment 2: a learning rate too small to move: discarded
-    (repo / "conf/experiment/tiny_slow.yaml").write_text(TINY % "1.0e-6")
+    (repo / "conf/experiment/tiny_slow.yaml").write_text(tiny("1.0e-6"))
     out = run_block(repo, cache, blocks["experiment"], experiment="tiny_slow", **{"what and why": "a tiny lr"})
     slow = git(repo, "rev-parse", "HEAD").strip()
     assert val_bpb(repo, "run.log") > best

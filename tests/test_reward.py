@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, base_overrides, run_train
+from conftest import QUICK_DOMAIN, TINY, base_overrides, run_train
 
 import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes
 from autolab import report
@@ -67,7 +67,7 @@ def test_loss_and_metrics_match_trl_reward_trainer(kind, tiny_llama, tmp_path):
     assert trl["margin"] != 0.0 and trl["max_reward"] - trl["min_reward"] > 0.1, trl
 
 
-REWARD = [*TINY, "stage=reward", "data.domain=chat", "init_from=experiment:quickstart",  # chat: scored fastest (test_dpo.DPO)
+REWARD = [*TINY, "stage=reward", QUICK_DOMAIN, "init_from=experiment:quickstart",
           base_overrides("trainer.max_steps=4", "data.seq_len=64", "data.batch_size=4"),
           "reward.batch_size=4", "reward.eval_batch_size=64", "reward.max_length=64", "schedule.peak_lr=1e-3",
           "reward.max_eval_pairs=64",

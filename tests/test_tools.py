@@ -7,7 +7,7 @@ from pathlib import Path
 import forked
 import pytest
 import torch
-from conftest import run_train
+from conftest import QUICK_DOMAIN, run_train
 from transformers import AutoModelForCausalLM
 
 import autolab.models  # noqa: F401  registers autolab_gpt with the Auto classes
@@ -256,7 +256,7 @@ def test_prefgen_writes_a_set_that_dpo_trains_on(checkpoint, cache, tmp_path):
     assert all(set(row) == {"prompt", "chosen", "rejected"} and row["chosen"] != row["rejected"] for row in rows)
     assert len(rows) >= 8, s  # enough for the DPO run below
 
-    dpo = ["stage=dpo", "data.domain=chat", "+experiment=quickstart", f"init_from={checkpoint}", f"dpo.dataset={s['preferences']}",
+    dpo = ["stage=dpo", QUICK_DOMAIN, "+experiment=quickstart", f"init_from={checkpoint}", f"dpo.dataset={s['preferences']}",
            "trainer.max_steps=3", "data.seq_len=64", "dpo.batch_size=2", "dpo.max_length=96", "dpo.behaviour_prompts=2",
            "eval.batch_size=64", "logger=none"]
     r = run_train(dpo, tmp_path, cache)

@@ -168,8 +168,8 @@ def run_train(args: list[str], cwd: Path, cache: Path, env: dict | None = None, 
 # every run scores 500 KB of validation text per domain before and after, which on 2 CPU cores costs far
 # more than its few training steps. No test asserts on the model's size or quality beyond "it trained".
 SMALL_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"]
-# The validation text of a stage whose data domain is not what its test checks (DPO, GRPO, reward): chat's is
-# 34k tokens, 1.0 s to score on a core for SMALL_MODEL; code's (the experiments' choice) 123k, 3.6 s, every run.
+# The validation text of a run whose data domain is not what its test checks (DPO, GRPO, reward, start scores):
+# chat's is 34k tokens, 1.0 s to score on a core for SMALL_MODEL; code's (the experiments' choice) 123k, 3.6 s.
 QUICK_DOMAIN = "data.domain=chat"
 
 TINY = [  # a few CPU steps of the tiny model: what every end-to-end test starts from

@@ -24,9 +24,10 @@ def test_the_copy_reward_rises_from_the_sft_checkpoint(tmp_path, cache):
     import torch
     from transformers import AutoModelForCausalLM
 
-    r = run_train(["+experiment=grpo", *SMALL_MODEL, base_overrides("trainer.max_steps=60", "data.seq_len=64",
-                   "data.batch_size=8"), "trainer.max_steps=30", "trainer.log_every=5", "grpo.beta=0",
-                   "schedule.peak_lr=1e-2", "grpo.eval_prompts=128", "eval.batch_size=64", "logger=none"], tmp_path, cache)
+    r = run_train(["+experiment=grpo", *SMALL_MODEL, QUICK_DOMAIN,
+                   base_overrides("trainer.max_steps=60", "data.seq_len=64", "data.batch_size=8"),
+                   "trainer.max_steps=30", "trainer.log_every=5", "grpo.beta=0", "schedule.peak_lr=1e-2",
+                   "grpo.eval_prompts=128", "eval.batch_size=64", "logger=none"], tmp_path, cache)
     assert r.returncode == 0, r.stderr[-3000:]
     s = report.parse_summary(r.stdout)
     assert s["status"] == "ok" and s["num_steps"] == "30"

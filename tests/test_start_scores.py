@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import base_overrides, run_train
+from conftest import QUICK_DOMAIN, base_overrides, run_train
 from test_cpt import CPT
 
 from autolab import report, start_scores
@@ -38,7 +38,7 @@ def test_a_kept_score_is_keyed_by_the_weights_and_the_facts(tmp_path):
 def test_a_second_run_from_the_same_base_reads_the_kept_start(tmp_path, cache):
     """Two CPT runs from one experiment base: the second reports the kept val_bpb_start and replay_val_bpb_start
     (here a planted value proves they were read, not measured again); each run's end is measured as always."""
-    args = [*CPT, "init_from=experiment:quickstart", base_overrides("trainer.max_steps=4"), "logger=none",
+    args = [*CPT, QUICK_DOMAIN, "init_from=experiment:quickstart", base_overrides("trainer.max_steps=4"), "logger=none",
             "replay.ratio=0.25", "replay.domain=prose"]
     kept = cache / start_scores.FOLDER
     shutil.rmtree(kept, ignore_errors=True)
@@ -46,9 +46,9 @@ def test_a_second_run_from_the_same_base_reads_the_kept_start(tmp_path, cache):
     assert first.returncode == 0, first.stderr[-3000:]
     s1 = report.parse_summary(first.stdout)
     files = sorted(kept.glob("*.json"))
-    assert len(files) == 2  # val_bpb_start (code) and replay_val_bpb_start (prose)
+    assert len(files) == 2  # val_bpb_start (chat) and replay_val_bpb_start (prose)
     values = {json.loads(f.read_text())["domain"]: json.loads(f.read_text())["value"] for f in files}
-    assert f"{values['code']:.6f}" == s1["val_bpb_start"] and f"{values['prose']:.6f}" == s1["replay_val_bpb_start"]
+    assert f"{values['chat']:.6f}" == s1["val_bpb_start"] and f"{values['prose']:.6f}" == s1["replay_val_bpb_start"]
     for f in files:
         record = json.loads(f.read_text())
         f.write_text(json.dumps({**record, "value": record["value"] + 1.0}))
